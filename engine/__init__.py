@@ -1,0 +1,39 @@
+"""tokenspout's engine: continuous batching over llama.cpp. Knows nothing of HTTP."""
+
+from engine.chat import ChatMessage
+from engine.engine import Engine, EngineConfig, EngineStats
+from engine.errors import EngineError, GenerationError, OverloadedError, UnavailableError, ValidationError
+from engine.handle import RequestHandle
+from engine.limits import resolve_max_tokens
+from engine.types import (
+    Completion,
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    TopLogprob,
+    Usage,
+)
+
+__all__ = [
+    "ChatMessage",
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "EngineStats",
+    "FinishEvent",
+    "FinishReason",
+    "GenerationError",
+    "GenerationRequest",
+    "OverloadedError",
+    "RequestHandle",
+    "SamplingParams",
+    "TokenEvent",
+    "TopLogprob",
+    "UnavailableError",
+    "Usage",
+    "ValidationError",
+    "resolve_max_tokens",
+]

@@ -1,0 +1,141 @@
+"""The engine's public face: load a model, submit requests, cancel them, watch its state.
+
+It knows nothing of HTTP. Admission happens here, on the event loop, before anything reaches the
+scheduler thread: a plain counter, because only the event loop ever touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+
+import msgspec
+
+from engine.chat import ChatMessage, ChatTemplate
+from engine.errors import OverloadedError, UnavailableError, ValidationError
+from engine.handle import RequestHandle
+from engine.llama import Context, Model
+from engine.scheduler import Cancel, Probe, Scheduler, Sequence, Submit
+from engine.types import GenerationRequest
+
+log = logging.getLogger("tokenspout.engine")
+
+
+class EngineConfig(msgspec.Struct, frozen=True):
+    model_path: str
+    n_ctx: int = 4096
+    n_parallel: int = 4
+    n_threads: int = 2
+    n_gpu_layers: int = 0
+    n_batch: int = 512
+    prefill_chunk: int = 512  # at most this many prompt tokens per step while other streams decode
+    step_target_ms: float = 100.0  # and only as many as fit in a step of about this long
+    max_concurrent_requests: int = 128
+
+
+class EngineStats(msgspec.Struct, frozen=True):
+    admitted: int  # requests in flight: running + waiting for a slot (what the limit counts)
+    running: int
+    waiting: int
+    free_slots: int
+    steps: int
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model = Model(Path(config.model_path), n_gpu_layers=config.n_gpu_layers)
+        self.context = Context(
+            self.model,
+            n_ctx=config.n_ctx,
+            n_seq=config.n_parallel,
+            n_batch=config.n_batch,
+            n_threads=config.n_threads,
+        )
+        self.chat_template = ChatTemplate(
+            self.model.metadata("tokenizer.chat_template"),
+            bos_token=self.model.token_text(self.model.bos),
+            eos_token=self.model.token_text(self.model.eos),
+        )
+        self.model_id = self.model.path.stem  # what clients see in /v1/models, as llama-server does
+        self._scheduler = Scheduler(
+            self.context, config.n_parallel, config.prefill_chunk, config.step_target_ms / 1000
+        )
+        self._admitted = 0
+        self._ids = itertools.count(1)
+        self._accepting = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the scheduler thread; call from the event loop that will consume the events."""
+        self._scheduler.start(asyncio.get_running_loop())
+        self._accepting = True
+
+    def stop_admitting(self) -> None:
+        self._accepting = False
+
+    def close(self) -> None:
+        self._accepting = False
+        self._scheduler.stop()
+        self.context.close()
+        self.model.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self._accepting and self._scheduler.alive
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    # -- requests ----------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special)
+
+    def render_chat(self, messages: tuple[ChatMessage, ...]) -> str:
+        if not messages:
+            raise ValidationError("`messages` must not be empty", "messages")
+        return self.chat_template.render(messages)
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Admit ``request`` or raise at once: OverloadedError past the limit, UnavailableError when
+        the engine is not running, ValidationError when the request cannot fit the context."""
+        if not self.healthy:
+            raise UnavailableError("the engine is not running")
+        if self._admitted >= self.config.max_concurrent_requests:
+            raise OverloadedError(self.config.max_concurrent_requests)
+        if not request.prompt_tokens:
+            raise ValidationError("the prompt is empty", "prompt")
+        if len(request.prompt_tokens) + request.max_tokens > self.n_ctx:
+            raise ValidationError("the prompt and max_tokens do not fit the context", "max_tokens")
+        handle = RequestHandle(next(self._ids), len(request.prompt_tokens), self._cancel, self._ended)
+        self._admitted += 1
+        self._scheduler.commands.put(Submit(Sequence(request, handle)))
+        return handle
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        self._scheduler.commands.put(Cancel(handle))
+
+    def _ended(self, handle: RequestHandle) -> None:
+        self._admitted -= 1
+
+    # -- observation -------------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        s = self._scheduler
+        return EngineStats(
+            admitted=self._admitted,
+            running=len(s.running),
+            waiting=len(s.waiting),
+            free_slots=len(s.free_slots),
+            steps=s.steps,
+        )
+
+    async def kv_cells_used(self) -> int:
+        """KV cells in use right now, read by the scheduler thread between two steps."""
+        result: Future[object] = Future()
+        self._scheduler.commands.put(Probe(lambda: self.context.used_cells(self.config.n_parallel), result))
+        return int(await asyncio.wrap_future(result))  # type: ignore[call-overload]
+

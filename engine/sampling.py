@@ -1,0 +1,69 @@
+"""Per-sequence sampler chains (llama.cpp's own samplers) and log-probabilities from raw logits."""
+
+from __future__ import annotations
+
+import llama_cpp as C
+import numpy as np
+import numpy.typing as npt
+
+from engine.types import SamplingParams
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one sequence. ``sample`` also accepts the token it returns."""
+
+    __slots__ = ("_chain",)
+
+    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        for stage in _stages(params, n_vocab):
+            C.llama_sampler_chain_add(self._chain, stage)
+
+    def sample(self, ctx: object, row: int) -> int:
+        return int(C.llama_sampler_sample(self._chain, ctx, row))
+
+    def accept(self, token: int) -> None:
+        C.llama_sampler_accept(self._chain, token)
+
+    def close(self) -> None:
+        if self._chain:
+            C.llama_sampler_free(self._chain)  # frees every stage with it
+            self._chain = None
+
+
+def _stages(p: SamplingParams, n_vocab: int) -> list[object]:
+    stages: list[object] = []
+    if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+        stages.append(
+            C.llama_sampler_init_penalties(
+                n_vocab, p.penalty_last_n, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+            )
+        )
+    if p.greedy:
+        stages.append(C.llama_sampler_init_greedy())
+        return stages
+    if p.top_k > 0:
+        stages.append(C.llama_sampler_init_top_k(p.top_k))
+    if p.typical_p < 1.0:
+        stages.append(C.llama_sampler_init_typical(p.typical_p, 1))
+    if p.top_p < 1.0:
+        stages.append(C.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0.0:
+        stages.append(C.llama_sampler_init_min_p(p.min_p, 1))
+    stages.append(C.llama_sampler_init_temp(p.temperature))
+    stages.append(C.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
+    return stages
+
+
+def log_softmax_at(logits: npt.NDArray[np.float32], token: int) -> tuple[float, npt.NDArray[np.float32]]:
+    """log p(token) under the model's raw distribution, and the log-probabilities of every token."""
+    shifted = logits - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    return float(logprobs[token]), logprobs
+
+
+def top_tokens(logprobs: npt.NDArray[np.float32], n: int) -> list[tuple[int, float]]:
+    """The ``n`` most likely tokens, best first."""
+    best = np.argpartition(logprobs, -n)[-n:]
+    best = best[np.argsort(logprobs[best])[::-1]]
+    return [(int(t), float(logprobs[t])) for t in best]

@@ -1,0 +1,316 @@
+"""The scheduler thread: it alone owns the llama context, the KV cache and the queue of requests.
+
+Each step packs the next token of every running sequence, plus prefill chunks of newly admitted
+prompts, into one ``llama_decode``; samples each sequence that produced logits; and hands the step's
+events to the event loop in a single ``call_soon_threadsafe``. Submit and cancel arrive through a
+thread-safe queue, so nothing in here takes a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import msgspec
+
+from engine.batching import chunk_budget, plan_prefill, smooth
+from engine.errors import GenerationError
+from engine.handle import RequestHandle, deliver
+from engine.llama import Context
+from engine.sampling import Sampler, log_softmax_at, top_tokens
+from engine.text import TextStream
+from engine.types import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    TokenEvent,
+    TopLogprob,
+    Usage,
+)
+
+log = logging.getLogger("tokenspout.scheduler")
+
+
+class Sequence:
+    """Scheduler-side state of one request. Created on the event loop, then touched only here."""
+
+    __slots__ = (
+        "cancelled",
+        "handle",
+        "n_cached",
+        "n_generated",
+        "next_token",
+        "prompt",
+        "request",
+        "row",
+        "sampler",
+        "slot",
+        "step_tokens",
+        "text",
+    )
+
+    def __init__(self, request: GenerationRequest, handle: RequestHandle) -> None:
+        self.request = request
+        self.handle = handle
+        self.prompt = request.prompt_tokens
+        self.slot = -1
+        self.n_cached = 0  # tokens of this sequence in the KV cache = position of the next one
+        self.n_generated = 0
+        self.next_token = -1  # sampled last step, decoded this step
+        self.row = -1  # batch row whose logits to sample this step, -1 for none
+        self.step_tokens = 0  # tokens this sequence put in the current batch
+        self.sampler: Sampler | None = None
+        self.text = TextStream(request.stop)
+        self.cancelled = False
+
+    @property
+    def prefilled(self) -> bool:
+        return self.n_cached >= len(self.prompt)
+
+
+class Submit(msgspec.Struct):
+    sequence: Sequence
+
+
+class Cancel(msgspec.Struct):
+    handle: RequestHandle
+
+
+class Probe(msgspec.Struct):
+    """Run ``query`` on the scheduler thread (the only one allowed to touch the context)."""
+
+    query: Callable[[], object]
+    result: Future[object]
+
+
+class Stop(msgspec.Struct):
+    pass
+
+
+Command = Submit | Cancel | Probe | Stop
+
+
+class Scheduler:
+    def __init__(
+        self, context: Context, n_slots: int, prefill_chunk: int, step_target_seconds: float
+    ) -> None:
+        self.context = context
+        self.model = context.model
+        self.n_slots = n_slots
+        self.prefill_chunk = prefill_chunk
+        self.step_target_seconds = step_target_seconds
+        self.seconds_per_prompt_token: float | None = None  # measured on steps that prefill
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free_slots = list(range(n_slots - 1, -1, -1))
+        self.steps = 0
+        self._outbox: list[tuple[RequestHandle, Event]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.failure: BaseException | None = None
+
+    # -- called from the event loop ---------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="tokenspout-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.commands.put(Stop())
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
+
+    # -- the scheduler thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._take_commands(block=not (self.running or self.waiting))
+                self._admit()
+                if self.running:
+                    self._step()
+                self._flush()
+        except BaseException as exc:  # the engine is dead: say so to everyone instead of hanging them
+            log.exception("scheduler thread crashed")
+            self.failure = exc
+            for seq in [*self.running, *self.waiting]:
+                self._emit(seq, ErrorEvent(GenerationError(f"the engine stopped: {exc}")))
+            self._flush()
+        finally:
+            for seq in self.running:
+                self._release(seq)
+
+    def _take_commands(self, block: bool) -> None:
+        commands = self.commands
+        if block:
+            self._obey(commands.get())
+        while not commands.empty():
+            self._obey(commands.get_nowait())
+
+    def _obey(self, command: Command) -> None:
+        if isinstance(command, Submit):
+            self.waiting.append(command.sequence)
+        elif isinstance(command, Cancel):
+            self._cancel(command.handle)
+        elif isinstance(command, Probe):
+            try:
+                command.result.set_result(command.query())
+            except Exception as exc:
+                command.result.set_exception(exc)
+        else:
+            self._stopping = True
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        for seq in self.running:
+            if seq.handle is handle:
+                seq.cancelled = True
+                self.running.remove(seq)
+                self._release(seq)
+                return
+        for seq in self.waiting:
+            if seq.handle is handle:
+                seq.cancelled = True
+                self.waiting.remove(seq)
+                return
+
+    def _admit(self) -> None:
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            seq.slot = self.free_slots.pop()
+            seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
+            self.running.append(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        self.context.forget(seq.slot)
+        self.free_slots.append(seq.slot)
+        seq.slot = -1
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+
+    def _step(self) -> None:
+        batch = self._fill_batch()
+        started = time.perf_counter()
+        code = self.context.decode()
+        self._measure(batch, time.perf_counter() - started)
+        while code == 1 and len(batch) > 1:
+            # No KV cells left for this batch: fail the youngest sequence and retry without it.
+            # (llama.cpp restores the cache on this code, so the retry starts clean.)
+            victim = batch[-1]
+            self._fail(victim, "the KV cache is full (raise --ctx-size or lower --parallel)")
+            batch = self._fill_batch()
+            code = self.context.decode() if batch else 0
+        if code != 0:
+            reason = "the KV cache is full" if code == 1 else f"llama_decode failed with code {code}"
+            for seq in batch:
+                self._fail(seq, reason)
+            return
+        self.steps += 1
+        for seq in batch:
+            seq.n_cached += seq.step_tokens
+            if seq.row >= 0:
+                self._sample(seq)
+
+    def _measure(self, batch: list[Sequence], seconds: float) -> None:
+        n_tokens = sum(seq.step_tokens for seq in batch)
+        if n_tokens > len(batch):  # some prompt tokens were in it: a sample of the prefill cost
+            self.seconds_per_prompt_token = smooth(self.seconds_per_prompt_token, seconds / n_tokens)
+
+    def _fill_batch(self) -> list[Sequence]:
+        """Write this step's tokens into the batch buffer; returns the sequences in it, oldest first."""
+        buffer = self.context.batch
+        buffer.clear()
+        members: list[Sequence] = []
+        prefilling: list[Sequence] = []
+        for seq in self.running:
+            if seq.prefilled:
+                seq.row = buffer.add(seq.next_token, seq.n_cached, seq.slot, True)
+                seq.step_tokens = 1
+                members.append(seq)
+            else:
+                prefilling.append(seq)
+        budget = chunk_budget(
+            len(members),
+            buffer.capacity,
+            self.prefill_chunk,
+            self.seconds_per_prompt_token,
+            self.step_target_seconds,
+        )
+        plan = plan_prefill([len(s.prompt) - s.n_cached for s in prefilling], budget)
+        for seq, take in zip(prefilling, plan, strict=True):
+            if take == 0:
+                continue
+            stop = seq.n_cached + take
+            complete = stop == len(seq.prompt)
+            last_row = buffer.add_span(seq.prompt, seq.n_cached, stop, seq.slot, complete)
+            seq.row = last_row if complete else -1
+            seq.step_tokens = take
+            members.append(seq)
+        buffer.seal()
+        return members
+
+    def _sample(self, seq: Sequence) -> None:
+        assert seq.sampler is not None
+        request = seq.request
+        token = seq.sampler.sample(self.context.ptr, seq.row)
+        seq.n_generated += 1
+        logprob: float | None = None
+        top: tuple[TopLogprob, ...] | None = None
+        if request.logprobs or request.top_logprobs:
+            logprob, everything = log_softmax_at(self.context.logits(seq.row), token)
+            if request.top_logprobs:
+                top = tuple(
+                    TopLogprob(t, self.model.token_text(t), lp)
+                    for t, lp in top_tokens(everything, request.top_logprobs)
+                )
+        if token in self.model.eog and not request.ignore_eos:
+            self._emit(seq, TokenEvent(token, seq.text.flush(), logprob, True, top))
+            self._finish(seq, FinishReason.EOS)
+            return
+        text = seq.text.push(self.model.piece(token))
+        if seq.text.stopped:
+            self._emit(seq, TokenEvent(token, text, logprob, False, top))
+            self._finish(seq, FinishReason.STOP_SEQUENCE)
+        elif seq.n_generated >= request.max_tokens or seq.n_cached >= self.context.n_ctx:
+            self._emit(seq, TokenEvent(token, text + seq.text.flush(), logprob, False, top))
+            self._finish(seq, FinishReason.LENGTH)
+        else:
+            self._emit(seq, TokenEvent(token, text, logprob, False, top))
+            seq.next_token = token
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self._emit(seq, FinishEvent(reason, Usage(len(seq.prompt), seq.n_generated)))
+        self.running.remove(seq)
+        self._release(seq)
+
+    def _fail(self, seq: Sequence, reason: str) -> None:
+        log.warning("request %d failed: %s", seq.handle.request_id, reason)
+        self._emit(seq, ErrorEvent(GenerationError(reason)))
+        self.running.remove(seq)
+        self._release(seq)
+
+    def _emit(self, seq: Sequence, event: Event) -> None:
+        if not seq.cancelled:
+            self._outbox.append((seq.handle, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            assert self._loop is not None
+            outbox, self._outbox = self._outbox, []
+            try:
+                self._loop.call_soon_threadsafe(deliver, outbox)
+            except RuntimeError:  # the loop is closed: nobody is left to read these events
+                pass

@@ -1,0 +1,60 @@
+"""Incremental detokenization: whole UTF-8 characters only, and stop strings never released.
+
+A token can end in the middle of a multi-byte character (emoji, CJK), and a stop string can span
+several tokens. :class:`TextStream` holds back exactly what might still turn out to be either.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+
+class TextStream:
+    """Feed token bytes with :meth:`push`; it returns the text that is now safe to release."""
+
+    __slots__ = ("_decoder", "_held", "_max_stop", "_stops", "stopped")
+
+    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = tuple(s for s in stops if s)
+        self._max_stop = max((len(s) for s in self._stops), default=0)
+        self._held = ""
+        self.stopped = False
+
+    def push(self, piece: bytes) -> str:
+        text = self._decoder.decode(piece)
+        if not self._stops:
+            return text
+        held = self._held + text
+        cut = _earliest_match(held, self._stops)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return held[:cut]
+        keep = _longest_stop_prefix_suffix(held, self._stops, self._max_stop)
+        self._held = held[len(held) - keep :] if keep else ""
+        return held[: len(held) - keep]
+
+    def flush(self) -> str:
+        """Release everything held (the generation ended for another reason than a stop string)."""
+        text = self._held + self._decoder.decode(b"", final=True)
+        self._held = ""
+        return text
+
+
+def _earliest_match(text: str, stops: tuple[str, ...]) -> int:
+    best = -1
+    for stop in stops:
+        at = text.find(stop)
+        if at >= 0 and (best < 0 or at < best):
+            best = at
+    return best
+
+
+def _longest_stop_prefix_suffix(text: str, stops: tuple[str, ...], max_stop: int) -> int:
+    """Length of the longest tail of ``text`` that some stop string starts with."""
+    for size in range(min(len(text), max_stop - 1), 0, -1):
+        tail = text[-size:]
+        if any(stop.startswith(tail) for stop in stops):
+            return size
+    return 0

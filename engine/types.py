@@ -1,0 +1,97 @@
+"""The engine's data: one frozen request per generation and the events its handle yields.
+
+Protocol adapters in ``server/`` convert their wire models into a :class:`GenerationRequest` once,
+with every default resolved, so the scheduler never has to know which API a request came from.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class FinishReason(enum.Enum):
+    EOS = "eos_token"  # the model ended its turn
+    STOP_SEQUENCE = "stop_sequence"  # a requested stop string appeared
+    LENGTH = "length"  # max_tokens reached, or the context is full
+
+
+class SamplingParams(msgspec.Struct, frozen=True):
+    """Every knob resolved: ``temperature == 0`` means greedy, neutral values switch a stage off."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    min_p: float = 0.0  # 0.0: off
+    typical_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class GenerationRequest(msgspec.Struct, frozen=True):
+    prompt_tokens: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False  # compute each token's log-probability under the model
+    top_logprobs: int = 0  # alternatives to report per token (implies logprobs)
+    ignore_eos: bool = False
+
+
+class TopLogprob(msgspec.Struct, frozen=True, gc=False):
+    token_id: int
+    text: str
+    logprob: float
+
+
+class TokenEvent(msgspec.Struct, frozen=True, gc=False):
+    """One sampled token. ``text`` is what this token makes visible: it may be empty while a UTF-8
+    character or a possible stop string is incomplete, or hold text of earlier tokens released now."""
+
+    token_id: int
+    text: str
+    logprob: float | None = None
+    special: bool = False
+    top_logprobs: tuple[TopLogprob, ...] | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, gc=False):
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class FinishEvent(msgspec.Struct, frozen=True, gc=False):
+    """Always the last event of a successful generation; ``text`` is any held-back text released at the end."""
+
+    reason: FinishReason
+    usage: Usage
+    text: str = ""
+
+
+class ErrorEvent(msgspec.Struct, frozen=True, gc=False):
+    """The generation failed; carries the engine error the handle raises."""
+
+    error: BaseException
+
+
+Event = TokenEvent | FinishEvent | ErrorEvent
+
+
+class Completion(msgspec.Struct, frozen=True):
+    """A whole generation, as a non-streaming route needs it."""
+
+    text: str
+    tokens: tuple[TokenEvent, ...]
+    finish: FinishEvent

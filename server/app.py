@@ -1,0 +1,43 @@
+"""The Litestar application: routers per protocol, health, lifecycle of the engine."""
+
+from __future__ import annotations
+
+from litestar import Litestar, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.openapi.config import OpenAPIConfig
+
+from engine import Engine
+from server.errors import openai_exception_handler
+from server.openai_routes import openai_router
+from server.state import ServerSettings, Services, services
+from server.version import VERSION
+
+
+@get("/health", sync_to_thread=False)
+def health(request: Request[object, object, object]) -> Response[dict[str, str]]:
+    """200 once the model is loaded and the engine runs; 503 otherwise."""
+    if services(request).engine.healthy:
+        return Response({"status": "ok"})
+    return Response({"status": "unavailable"}, status_code=503)
+
+
+def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
+    api_key = settings.api_key.encode() if settings.api_key else None
+    async def start_engine() -> None:
+        engine.start()
+
+    def stop_engine() -> None:
+        engine.close()
+
+    cors = CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None
+    return Litestar(
+        route_handlers=[openai_router, health],
+        state=State({"services": Services(engine, settings), "api_key": api_key}),
+        on_startup=[start_engine],
+        on_shutdown=[stop_engine],
+        request_max_body_size=settings.payload_limit,
+        exception_handlers={Exception: openai_exception_handler},
+        cors_config=cors,
+        openapi_config=OpenAPIConfig(title="tokenspout", version=VERSION),
+    )

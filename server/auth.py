@@ -1,0 +1,20 @@
+"""``--api-key``: a Litestar guard on every API route (not /health, not the demo page's files)."""
+
+from __future__ import annotations
+
+import hmac
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+
+
+def require_api_key(connection: ASGIConnection[object, object, object, object], _: BaseRouteHandler) -> None:
+    expected: bytes | None = connection.app.state.api_key
+    if expected is None:
+        return
+    header = connection.headers.get("authorization", "")
+    scheme, _sep, token = header.partition(" ")
+    # compare_digest takes the same time whatever the token, so the key cannot be guessed byte by byte
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise NotAuthorizedException("Invalid or missing API key")

@@ -1,0 +1,105 @@
+"""One mapping from every failure to an HTTP status, and one body shape per protocol.
+
+OpenAI routes answer ``{"error": {"message", "type", "param", "code"}}``; TGI routes answer
+``{"error": "...", "error_type": "..."}``. Both shapes are built from the same :class:`Problem`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException
+
+from engine import GenerationError, OverloadedError, UnavailableError, ValidationError
+
+log = logging.getLogger("tokenspout.server")
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+class Problem(msgspec.Struct, frozen=True):
+    status: int
+    message: str
+    kind: str  # overloaded validation authentication payload generation unavailable not_found cancelled
+    param: str | None = None
+
+
+_MSGSPEC_PATH = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def problem_from(exc: Exception, validation_status: int) -> Problem:
+    """Classify any exception a route can raise. ``validation_status``: 422 for TGI, 400 for OpenAI."""
+    if isinstance(exc, OverloadedError):
+        return Problem(429, "Model is overloaded", "overloaded")
+    if isinstance(exc, ValidationError):
+        return Problem(validation_status, str(exc), "validation", exc.field)
+    if isinstance(exc, msgspec.ValidationError):
+        match = _MSGSPEC_PATH.search(str(exc))
+        return Problem(validation_status, str(exc), "validation", match.group(1) if match else None)
+    if isinstance(exc, msgspec.DecodeError):
+        return Problem(400, f"Malformed JSON body: {exc}", "validation")
+    if isinstance(exc, UnicodeError):
+        return Problem(400, "The body is not valid UTF-8", "validation")
+    if isinstance(exc, UnavailableError):
+        return Problem(503, str(exc), "unavailable")
+    if isinstance(exc, GenerationError):
+        return Problem(500, str(exc), "generation")
+    if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
+        return Problem(499, "the client closed the request", "cancelled")
+    if isinstance(exc, NotAuthorizedException):
+        return Problem(401, "Invalid or missing API key", "authentication")
+    if isinstance(exc, HTTPException):
+        kind = {413: "payload", 404: "not_found", 405: "not_found"}.get(exc.status_code, "validation")
+        return Problem(exc.status_code, exc.detail, kind)
+    log.exception("unexpected error", exc_info=exc)
+    return Problem(500, "Internal server error", "generation")
+
+
+_OPENAI_TYPES = {
+    "overloaded": "overloaded",
+    "validation": "invalid_request_error",
+    "authentication": "authentication_error",
+    "payload": "invalid_request_error",
+    "generation": "server_error",
+    "unavailable": "server_error",
+    "not_found": "invalid_request_error",
+    "cancelled": "invalid_request_error",
+}
+
+
+def openai_body(problem: Problem) -> dict[str, object]:
+    kind = _OPENAI_TYPES[problem.kind]
+    code = "overloaded" if problem.kind == "overloaded" else None
+    if problem.kind == "authentication":
+        code = "invalid_api_key"
+    return {"error": {"message": problem.message, "type": kind, "param": problem.param, "code": code}}
+
+
+def tgi_body(problem: Problem) -> dict[str, object]:
+    return {"error": problem.message, "error_type": problem.kind}
+
+
+def _headers(problem: Problem) -> dict[str, str]:
+    return {"Retry-After": RETRY_AFTER_SECONDS} if problem.status in (429, 503) else {}
+
+
+def exception_handler(
+    body: Callable[[Problem], dict[str, object]], validation_status: int
+) -> Callable[[Request[object, object, object], Exception], Response[object]]:
+    def handle(_request: Request[object, object, object], exc: Exception) -> Response[object]:
+        problem = problem_from(exc, validation_status)
+        return Response(body(problem), status_code=problem.status, headers=_headers(problem))
+
+    return handle
+
+
+openai_exception_handler = exception_handler(openai_body, 400)
+tgi_exception_handler = exception_handler(tgi_body, 422)

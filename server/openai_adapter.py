@@ -1,0 +1,247 @@
+"""Pure translations between OpenAI's wire format and the engine: requests in, chunks and bodies out.
+
+No HTTP and no model here, so every rule is unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from engine import (
+    ChatMessage,
+    Completion,
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    ValidationError,
+    resolve_max_tokens,
+)
+from server import openai_wire as w
+from server.errors import Problem, openai_body
+from server.sse import DONE, frame
+
+Tokenize = Callable[[str], list[int]]
+
+
+class Limits:
+    """The budgets every route enforces (TGI's names)."""
+
+    __slots__ = ("max_input_tokens", "max_stop_sequences", "max_total_tokens")
+
+    def __init__(self, max_input_tokens: int, max_total_tokens: int, max_stop_sequences: int) -> None:
+        self.max_input_tokens = max_input_tokens
+        self.max_total_tokens = max_total_tokens
+        self.max_stop_sequences = max_stop_sequences
+
+
+def finish_reason(reason: FinishReason) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def chat_messages(body: w.ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    if not body.messages:
+        raise ValidationError("`messages` must hold at least one message", "messages")
+    out = []
+    for i, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        out.append(ChatMessage(role=message.role, content=content or ""))
+        if message.role != "assistant" and not out[-1].content:
+            raise ValidationError(f"`messages[{i}].content` must not be empty", f"messages[{i}].content")
+    return tuple(out)
+
+
+def stop_strings(stop: str | list[str] | None, limits: Limits) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    stops = tuple(s for s in stops if s)
+    if len(stops) > limits.max_stop_sequences:
+        raise ValidationError(
+            f"`stop` holds {len(stops)} sequences; at most {limits.max_stop_sequences} are allowed", "stop"
+        )
+    return stops
+
+
+def sampling(body: w.SamplingFields) -> SamplingParams:
+    return SamplingParams(
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        min_p=body.min_p,
+        repetition_penalty=body.repeat_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        seed=body.seed if body.seed is not None else uuid.uuid4().int & 0xFFFFFFFF,
+    )
+
+
+def chat_request(
+    body: w.ChatCompletionRequest, prompt: list[int], limits: Limits
+) -> GenerationRequest:
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    top = body.top_logprobs or 0
+    if top and not body.logprobs:
+        raise ValidationError("`top_logprobs` needs `logprobs: true`", "top_logprobs")
+    return GenerationRequest(
+        prompt_tokens=tuple(prompt),
+        max_tokens=_budget(len(prompt), requested, limits, "messages", field),
+        sampling=sampling(body),
+        stop=stop_strings(body.stop, limits),
+        logprobs=body.logprobs,
+        top_logprobs=top,
+    )
+
+
+def completion_request(body: w.CompletionRequest, tokenize: Tokenize, limits: Limits) -> GenerationRequest:
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ValidationError("`prompt` must be one string (batched prompts are not supported)", "prompt")
+        prompt = prompt[0]
+    if not prompt:
+        raise ValidationError("`prompt` must not be empty", "prompt")
+    if body.echo:
+        raise ValidationError("`echo` is not supported", "echo")
+    tokens = tokenize(prompt)
+    n_logprobs = body.logprobs or 0
+    return GenerationRequest(
+        prompt_tokens=tuple(tokens),
+        max_tokens=_budget(len(tokens), body.max_tokens, limits, "prompt", "max_tokens"),
+        sampling=sampling(body),
+        stop=stop_strings(body.stop, limits),
+        logprobs=body.logprobs is not None,
+        top_logprobs=n_logprobs,
+    )
+
+
+def _budget(n_prompt: int, requested: int | None, limits: Limits, prompt_field: str, field: str) -> int:
+    return resolve_max_tokens(
+        n_prompt,
+        requested,
+        max_input=limits.max_input_tokens,
+        max_total=limits.max_total_tokens,
+        prompt_field=prompt_field,
+        max_field=field,
+    )
+
+
+def usage(event: FinishEvent) -> w.UsageOut:
+    u = event.usage
+    return w.UsageOut(u.prompt_tokens, u.completion_tokens, u.total_tokens)
+
+
+def _token_logprob(event: TokenEvent) -> w.TokenLogprobOut:
+    tops = [w.TopLogprobOut(t.text, t.logprob, list(t.text.encode())) for t in event.top_logprobs or ()]
+    return w.TokenLogprobOut(event.text, event.logprob or 0.0, list(event.text.encode()), tops)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# -- chat ----------------------------------------------------------------------------------------
+
+
+class ChatStream:
+    """Turns engine events into ``chat.completion.chunk`` SSE frames (a small state machine)."""
+
+    __slots__ = ("_base", "_include_usage", "_logprobs", "_role_sent")
+
+    def __init__(self, model: str, *, include_usage: bool, logprobs: bool) -> None:
+        self._base = (new_id("chatcmpl"), int(time.time()), model)
+        self._include_usage = include_usage
+        self._logprobs = logprobs
+        self._role_sent = False
+
+    def _chunk(self, choices: list[w.ChunkChoice], usage: w.UsageOut | None = None) -> bytes:
+        cid, created, model = self._base
+        return frame(w.ChatCompletionChunk(cid, created, model, choices, usage=usage))
+
+    def token(self, event: TokenEvent) -> bytes | None:
+        """The frame for one token, or None when it makes nothing visible yet."""
+        if not event.text and not self._logprobs:
+            return None
+        role = None if self._role_sent else "assistant"
+        self._role_sent = True
+        logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
+        return self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=event.text), logprobs)])
+
+    def finish(self, event: FinishEvent) -> bytes:
+        frames = []
+        if event.text or not self._role_sent:
+            role = None if self._role_sent else "assistant"
+            frames.append(self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=event.text))]))
+        frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, finish_reason(event.reason))]))
+        if self._include_usage:
+            frames.append(self._chunk([], usage(event)))
+        frames.append(DONE)
+        return b"".join(frames)
+
+    def error(self, problem: Problem) -> bytes:
+        return frame(openai_body(problem)) + DONE
+
+
+def chat_completion(model: str, result: Completion, logprobs: bool) -> w.ChatCompletion:
+    choice_logprobs = w.ChoiceLogprobs([_token_logprob(t) for t in result.tokens]) if logprobs else None
+    choice = w.ChatChoice(
+        0, w.AssistantMessage(result.text), finish_reason(result.finish.reason), choice_logprobs
+    )
+    return w.ChatCompletion(new_id("chatcmpl"), int(time.time()), model, [choice], usage(result.finish))
+
+
+# -- completions ---------------------------------------------------------------------------------
+
+
+def _completion_logprobs(tokens: tuple[TokenEvent, ...] | list[TokenEvent], offset: int) -> w.CompletionLogprobs:
+    texts, values, tops, offsets = [], [], [], []
+    for t in tokens:
+        texts.append(t.text)
+        values.append(t.logprob or 0.0)
+        tops.append({top.text: top.logprob for top in t.top_logprobs or ()})
+        offsets.append(offset)
+        offset += len(t.text)
+    return w.CompletionLogprobs(texts, values, tops, offsets)
+
+
+class CompletionStream:
+    """Turns engine events into ``text_completion`` SSE frames."""
+
+    __slots__ = ("_base", "_include_usage", "_logprobs", "_offset")
+
+    def __init__(self, model: str, *, include_usage: bool, logprobs: bool) -> None:
+        self._base = (new_id("cmpl"), int(time.time()), model)
+        self._include_usage = include_usage
+        self._logprobs = logprobs
+        self._offset = 0
+
+    def _chunk(self, choices: list[w.CompletionChoice], usage: w.UsageOut | None = None) -> bytes:
+        cid, created, model = self._base
+        return frame(w.Completion(cid, created, model, choices, usage=usage))
+
+    def token(self, event: TokenEvent) -> bytes | None:
+        if not event.text and not self._logprobs:
+            return None
+        logprobs = _completion_logprobs([event], self._offset) if self._logprobs else None
+        self._offset += len(event.text)
+        return self._chunk([w.CompletionChoice(0, event.text, None, logprobs)])
+
+    def finish(self, event: FinishEvent) -> bytes:
+        frames = [self._chunk([w.CompletionChoice(0, event.text, finish_reason(event.reason))])]
+        if self._include_usage:
+            frames.append(self._chunk([], usage(event)))
+        frames.append(DONE)
+        return b"".join(frames)
+
+    def error(self, problem: Problem) -> bytes:
+        return frame(openai_body(problem)) + DONE
+
+
+def text_completion(model: str, result: Completion, logprobs: bool) -> w.Completion:
+    choice_logprobs = _completion_logprobs(result.tokens, 0) if logprobs else None
+    choice = w.CompletionChoice(0, result.text, finish_reason(result.finish.reason), choice_logprobs)
+    return w.Completion(new_id("cmpl"), int(time.time()), model, [choice], usage=usage(result.finish))
