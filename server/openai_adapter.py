@@ -94,6 +94,7 @@ def chat_request(
         stop=stop_strings(body.stop, limits),
         logprobs=body.logprobs,
         top_logprobs=top,
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -116,6 +117,7 @@ def completion_request(body: w.CompletionRequest, tokenize: Tokenize, limits: Li
         stop=stop_strings(body.stop, limits),
         logprobs=body.logprobs is not None,
         top_logprobs=n_logprobs,
+        ignore_eos=body.ignore_eos,
     )
 
 

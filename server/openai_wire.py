@@ -50,6 +50,7 @@ class SamplingFields(Struct, kw_only=True):
     stop: str | list[str] | None = None
     n: Annotated[int, Meta(ge=1, le=1)] = 1
     user: str | None = None
+    ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):

@@ -1,0 +1,1 @@
+"""``just bench``: tokenspout over HTTP against the bare llama.cpp loop, measured in the same run."""
