@@ -61,6 +61,7 @@ class Engine:
             eos_token=self.model.token_text(self.model.eos),
         )
         self.model_id = self.model.path.stem  # what clients see in /v1/models, as llama-server does
+        self.model_type = self.model.description
         self._scheduler = Scheduler(
             self.context, config.n_parallel, config.prefill_chunk, config.step_target_ms / 1000
         )
@@ -94,6 +95,9 @@ class Engine:
     # -- requests ----------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.model.tokenize(text, add_special=add_special)
+
+    def token_spans(self, text: str) -> list[tuple[int, str, int, int]]:
+        return self.model.token_spans(text)
 
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> str:
         if not messages:
@@ -137,5 +141,6 @@ class Engine:
         """KV cells in use right now, read by the scheduler thread between two steps."""
         result: Future[object] = Future()
         self._scheduler.commands.put(Probe(lambda: self.context.used_cells(self.config.n_parallel), result))
-        return int(await asyncio.wrap_future(result))  # type: ignore[call-overload]
-
+        cells = await asyncio.wrap_future(result)
+        assert isinstance(cells, int)
+        return cells

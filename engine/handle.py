@@ -15,7 +15,8 @@ from engine.types import Completion, ErrorEvent, Event, FinishEvent, TokenEvent
 
 
 class RequestHandle:
-    """Yields :class:`TokenEvent` objects, then one :class:`FinishEvent`; raises the engine error
+    """Yields :class:`TokenEvent` objects, then one :class:`FinishEvent` (which carries the last
+    token); raises the engine error
     of a failed generation. ``cancel()`` (or closing an unfinished stream) frees the slot."""
 
     __slots__ = ("_events", "_finished", "_on_cancel", "_on_end", "_waiter", "n_prompt", "request_id")
@@ -81,7 +82,8 @@ class RequestHandle:
         try:
             async for event in self:
                 if isinstance(event, FinishEvent):
-                    text = "".join([t.text for t in tokens]) + event.text
+                    tokens.append(event.token)
+                    text = "".join([t.text for t in tokens])
                     return Completion(text=text, tokens=tuple(tokens), finish=event)
                 tokens.append(event)
         finally:

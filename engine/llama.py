@@ -6,7 +6,10 @@ ask llama.cpp for on every token: token pieces and end-of-generation ids.
 
 from __future__ import annotations
 
+import bisect
+import codecs
 import ctypes
+import itertools
 import logging
 from pathlib import Path
 
@@ -62,6 +65,13 @@ class Model:
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._piece_buf = ctypes.create_string_buffer(256)
 
+    @property
+    def description(self) -> str:
+        """llama.cpp's one-line description, e.g. ``llama ?B Q4_1``."""
+        buf = ctypes.create_string_buffer(256)
+        C.llama_model_desc(self.ptr, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
     def close(self) -> None:
         if self.ptr:
             C.llama_model_free(self.ptr)
@@ -96,6 +106,26 @@ class Model:
             n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
+    def token_spans(self, text: str) -> list[tuple[int, str, int, int]]:
+        """Tokenize ``text``: each token's id, its text, and the [start, stop) characters of ``text``
+        it covers. A token holding part of a character covers that whole character; a token the
+        tokenizer adds itself (BOS) covers nothing."""
+        tokens = self.tokenize(text, add_special=True)
+        pieces = [self._render(t, special=True) for t in tokens]
+        if self.add_bos and tokens and tokens[0] == self.bos and not text.encode().startswith(pieces[0]):
+            pieces[0] = b""
+        if b"".join(pieces) != text.encode("utf-8", "surrogatepass"):
+            # The tokenizer rewrote the text (a leading space, say): offsets of the rendered pieces.
+            return _running_spans(tokens, pieces)
+        char_ends = list(itertools.accumulate(len(c.encode("utf-8", "surrogatepass")) for c in text))
+        spans, at = [], 0
+        for token, piece in zip(tokens, pieces, strict=True):
+            first = bisect.bisect_right(char_ends, at)
+            last = bisect.bisect_left(char_ends, at + len(piece)) + 1 if piece else first
+            spans.append((token, text[first:last], first, last))
+            at += len(piece)
+        return spans
+
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8", "surrogatepass")
         capacity = len(data) + 16
@@ -108,6 +138,16 @@ class Model:
         if n < 0:
             raise ValidationError("the prompt could not be tokenized", "prompt")
         return list(tokens[:n])
+
+
+def _running_spans(tokens: list[int], pieces: list[bytes]) -> list[tuple[int, str, int, int]]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    spans, at = [], 0
+    for token, piece in zip(tokens, pieces, strict=True):
+        n_chars = len(decoder.decode(piece))
+        spans.append((token, piece.decode("utf-8", "replace"), at, at + n_chars))
+        at += n_chars
+    return spans
 
 
 class Context:
@@ -201,7 +241,8 @@ class Batch:
         return i
 
     def add_span(self, tokens: tuple[int, ...], start: int, stop: int, seq_id: int, last_logits: bool) -> int:
-        """Append prompt tokens ``tokens[start:stop]`` at positions ``start..stop-1``; returns the last row."""
+        """Append prompt tokens ``tokens[start:stop]`` at positions ``start..stop-1``; returns the
+        last row."""
         i, n = self.size, stop - start
         self.tokens[i : i + n] = tokens[start:stop]
         self.positions[i : i + n] = np.arange(start, stop, dtype=np.int32)

@@ -9,6 +9,7 @@ thread-safe queue, so nothing in here takes a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -31,6 +32,7 @@ from engine.types import (
     FinishEvent,
     FinishReason,
     GenerationRequest,
+    Timing,
     TokenEvent,
     TopLogprob,
     Usage,
@@ -43,7 +45,9 @@ class Sequence:
     """Scheduler-side state of one request. Created on the event loop, then touched only here."""
 
     __slots__ = (
+        "admitted",
         "cancelled",
+        "first_token",
         "handle",
         "n_cached",
         "n_generated",
@@ -54,6 +58,7 @@ class Sequence:
         "sampler",
         "slot",
         "step_tokens",
+        "submitted",
         "text",
     )
 
@@ -70,6 +75,8 @@ class Sequence:
         self.sampler: Sampler | None = None
         self.text = TextStream(request.stop)
         self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.admitted = self.first_token = 0.0
 
     @property
     def prefilled(self) -> bool:
@@ -190,6 +197,7 @@ class Scheduler:
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
             seq.slot = self.free_slots.pop()
+            seq.admitted = time.perf_counter()
             seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
             self.running.append(seq)
 
@@ -267,6 +275,8 @@ class Scheduler:
         request = seq.request
         token = seq.sampler.sample(self.context.ptr, seq.row)
         seq.n_generated += 1
+        if seq.n_generated == 1:
+            seq.first_token = time.perf_counter()
         logprob: float | None = None
         top: tuple[TopLogprob, ...] | None = None
         if request.logprobs or request.top_logprobs:
@@ -277,22 +287,22 @@ class Scheduler:
                     for t, lp in top_tokens(everything, request.top_logprobs)
                 )
         if token in self.model.eog and not request.ignore_eos:
-            self._emit(seq, TokenEvent(token, seq.text.flush(), logprob, True, top))
-            self._finish(seq, FinishReason.EOS)
+            self._finish(seq, TokenEvent(token, seq.text.flush(), logprob, True, top), FinishReason.EOS)
             return
         text = seq.text.push(self.model.piece(token))
         if seq.text.stopped:
-            self._emit(seq, TokenEvent(token, text, logprob, False, top))
-            self._finish(seq, FinishReason.STOP_SEQUENCE)
+            self._finish(seq, TokenEvent(token, text, logprob, False, top), FinishReason.STOP_SEQUENCE)
         elif seq.n_generated >= request.max_tokens or seq.n_cached >= self.context.n_ctx:
-            self._emit(seq, TokenEvent(token, text + seq.text.flush(), logprob, False, top))
-            self._finish(seq, FinishReason.LENGTH)
+            last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
+            self._finish(seq, last, FinishReason.LENGTH)
         else:
             self._emit(seq, TokenEvent(token, text, logprob, False, top))
             seq.next_token = token
 
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
-        self._emit(seq, FinishEvent(reason, Usage(len(seq.prompt), seq.n_generated)))
+    def _finish(self, seq: Sequence, last: TokenEvent, reason: FinishReason) -> None:
+        now = time.perf_counter()
+        timing = Timing(seq.admitted - seq.submitted, seq.first_token - seq.submitted, now - seq.submitted)
+        self._emit(seq, FinishEvent(last, reason, Usage(len(seq.prompt), seq.n_generated), timing))
         self.running.remove(seq)
         self._release(seq)
 
@@ -310,7 +320,5 @@ class Scheduler:
         if self._outbox:
             assert self._loop is not None
             outbox, self._outbox = self._outbox, []
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to read them
                 self._loop.call_soon_threadsafe(deliver, outbox)
-            except RuntimeError:  # the loop is closed: nobody is left to read these events
-                pass

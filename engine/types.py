@@ -72,12 +72,22 @@ class Usage(msgspec.Struct, frozen=True, gc=False):
         return self.prompt_tokens + self.completion_tokens
 
 
-class FinishEvent(msgspec.Struct, frozen=True, gc=False):
-    """Always the last event of a successful generation; ``text`` is any held-back text released at the end."""
+class Timing(msgspec.Struct, frozen=True, gc=False):
+    """Seconds from submission: until a slot was free, until the first token, until the end."""
 
+    queued: float
+    first_token: float
+    total: float
+
+
+class FinishEvent(msgspec.Struct, frozen=True, gc=False):
+    """The last event of a successful generation. It carries the final token, so that protocols which
+    mark the last token itself (TGI) need not hold every token back by one step."""
+
+    token: TokenEvent
     reason: FinishReason
     usage: Usage
-    text: str = ""
+    timing: Timing
 
 
 class ErrorEvent(msgspec.Struct, frozen=True, gc=False):
@@ -90,7 +100,7 @@ Event = TokenEvent | FinishEvent | ErrorEvent
 
 
 class Completion(msgspec.Struct, frozen=True):
-    """A whole generation, as a non-streaming route needs it."""
+    """A whole generation, as a non-streaming route needs it (``tokens`` includes the final one)."""
 
     text: str
     tokens: tuple[TokenEvent, ...]

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 
 from engine import Engine
 from server.errors import openai_exception_handler
+from server.metrics import CONTENT_TYPE
 from server.openai_routes import openai_router
-from server.state import ServerSettings, Services, services
+from server.state import AnyRequest, ServerSettings, Services, services
+from server.tgi_routes import tgi_router
 from server.version import VERSION
 
 
+@get("/metrics", media_type=CONTENT_TYPE)
+async def metrics(request: AnyRequest) -> bytes:
+    """Prometheus metrics, with TGI's names."""
+    return await services(request).metrics.render()
+
+
 @get("/health", sync_to_thread=False)
-def health(request: Request[object, object, object]) -> Response[dict[str, str]]:
+def health(request: AnyRequest) -> Response[dict[str, str]]:
     """200 once the model is loaded and the engine runs; 503 otherwise."""
     if services(request).engine.healthy:
         return Response({"status": "ok"})
@@ -24,15 +32,18 @@ def health(request: Request[object, object, object]) -> Response[dict[str, str]]
 
 def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
     api_key = settings.api_key.encode() if settings.api_key else None
+
     async def start_engine() -> None:
         engine.start()
 
     def stop_engine() -> None:
         engine.close()
 
-    cors = CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None
+    cors = (
+        CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None
+    )
     return Litestar(
-        route_handlers=[openai_router, health],
+        route_handlers=[openai_router, tgi_router, health, metrics],
         state=State({"services": Services(engine, settings), "api_key": api_key}),
         on_startup=[start_engine],
         on_shutdown=[stop_engine],

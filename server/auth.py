@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 
-def require_api_key(connection: ASGIConnection[object, object, object, object], _: BaseRouteHandler) -> None:
+def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     expected: bytes | None = connection.app.state.api_key
     if expected is None:
         return

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from models import DEFAULT_MODEL, ModelError, ensure_model, model_dir, resolve_model_path
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def physical_cores() -> int:
@@ -26,8 +30,8 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def _option(*names: str, envvar: str, **kwargs: object) -> click.Option:
-    return click.option(*names, envvar=f"TOKENSPOUT_{envvar}", show_envvar=True, show_default=True, **kwargs)  # type: ignore[arg-type, return-value]
+def _option(*names: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*names, envvar=f"TOKENSPOUT_{envvar}", show_envvar=True, show_default=True, **kwargs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -37,41 +41,120 @@ def main() -> None:
 
 
 @main.command()
-@_option("--model", envvar="MODEL", type=click.Path(dir_okay=False, path_type=Path), default=None,
-         help=f"GGUF file to serve. Default: {DEFAULT_MODEL.name}, fetched on first use.")
-@_option("--host", envvar="HOST", default="127.0.0.1",
-         help="Address to listen on. Loopback by default: serving on a network is a choice.")
+@_option(
+    "--model",
+    envvar="MODEL",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"GGUF file to serve. Default: {DEFAULT_MODEL.name}, fetched on first use.",
+)
+@_option(
+    "--host",
+    envvar="HOST",
+    default="127.0.0.1",
+    help="Address to listen on. Loopback by default: serving on a network is a choice.",
+)
 @_option("--port", envvar="PORT", type=click.IntRange(0, 65535), default=8080, help="Port to listen on.")
-@_option("--max-concurrent-requests", "--max_concurrent_requests", "max_concurrent_requests",
-         envvar="MAX_CONCURRENT_REQUESTS", type=click.IntRange(min=1), default=128,
-         help="Requests admitted at once (running + waiting for a slot); one more gets 429 overloaded.")
-@_option("--parallel", envvar="PARALLEL", type=click.IntRange(min=1), default=4,
-         help="Sequences decoded together in one batch (slots).")
-@_option("--ctx-size", envvar="CTX_SIZE", type=click.IntRange(min=64), default=4096,
-         help="KV cache size in tokens, shared by the slots.")
-@_option("--threads", envvar="THREADS", type=click.IntRange(min=1), default=None,
-         help="llama.cpp threads. Default: the number of physical cores.")
-@_option("--n-gpu-layers", envvar="N_GPU_LAYERS", type=click.IntRange(min=-1), default=0,
-         help="Layers offloaded to the GPU on CUDA/Metal builds (-1: all).")
-@_option("--batch-size", envvar="BATCH_SIZE", type=click.IntRange(min=1), default=512,
-         help="Most tokens in one llama_decode call.")
-@_option("--step-target-ms", envvar="STEP_TARGET_MS", type=click.FloatRange(min=1), default=100.0,
-         help="Prompt prefill is chunked so that a decode step lasts about this long: running streams "
-              "keep flowing while a long prompt arrives.")
-@_option("--api-key", envvar="API_KEY", default=None,
-         help="When set, every route but /health and the demo page needs 'Authorization: Bearer KEY'.")
-@_option("--max-input-tokens", envvar="MAX_INPUT_TOKENS", type=click.IntRange(min=1), default=None,
-         help="Longest prompt in tokens. Default: max-total-tokens - 1.")
-@_option("--max-total-tokens", envvar="MAX_TOTAL_TOKENS", type=click.IntRange(min=2), default=None,
-         help="Prompt + generated tokens per request. Default: the context size.")
-@_option("--max-stop-sequences", envvar="MAX_STOP_SEQUENCES", type=click.IntRange(min=0), default=4,
-         help="Most stop strings per request.")
-@_option("--payload-limit", envvar="PAYLOAD_LIMIT", type=click.IntRange(min=1), default=2_000_000,
-         help="Largest request body in bytes; larger ones get 413.")
-@_option("--cors-allow-origin", "cors_allow_origins", envvar="CORS_ALLOW_ORIGIN", multiple=True,
-         help="Origins allowed by CORS (repeat the flag for several). CORS is off unless set.")
-@_option("--log-level", envvar="LOG_LEVEL", default="info",
-         type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+@_option(
+    "--max-concurrent-requests",
+    "--max_concurrent_requests",
+    "max_concurrent_requests",
+    envvar="MAX_CONCURRENT_REQUESTS",
+    type=click.IntRange(min=1),
+    default=128,
+    help="Requests admitted at once (running + waiting for a slot); one more gets 429 overloaded.",
+)
+@_option(
+    "--parallel",
+    envvar="PARALLEL",
+    type=click.IntRange(min=1),
+    default=4,
+    help="Sequences decoded together in one batch (slots).",
+)
+@_option(
+    "--ctx-size",
+    envvar="CTX_SIZE",
+    type=click.IntRange(min=64),
+    default=4096,
+    help="KV cache size in tokens, shared by the slots.",
+)
+@_option(
+    "--threads",
+    envvar="THREADS",
+    type=click.IntRange(min=1),
+    default=None,
+    help="llama.cpp threads. Default: the number of physical cores.",
+)
+@_option(
+    "--n-gpu-layers",
+    envvar="N_GPU_LAYERS",
+    type=click.IntRange(min=-1),
+    default=0,
+    help="Layers offloaded to the GPU on CUDA/Metal builds (-1: all).",
+)
+@_option(
+    "--batch-size",
+    envvar="BATCH_SIZE",
+    type=click.IntRange(min=1),
+    default=512,
+    help="Most tokens in one llama_decode call.",
+)
+@_option(
+    "--step-target-ms",
+    envvar="STEP_TARGET_MS",
+    type=click.FloatRange(min=1),
+    default=100.0,
+    help="Prompt prefill is chunked so that a decode step lasts about this long: running streams "
+    "keep flowing while a long prompt arrives.",
+)
+@_option(
+    "--api-key",
+    envvar="API_KEY",
+    default=None,
+    help="When set, every route but /health and the demo page needs 'Authorization: Bearer KEY'.",
+)
+@_option(
+    "--max-input-tokens",
+    envvar="MAX_INPUT_TOKENS",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Longest prompt in tokens. Default: max-total-tokens - 1.",
+)
+@_option(
+    "--max-total-tokens",
+    envvar="MAX_TOTAL_TOKENS",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Prompt + generated tokens per request. Default: the context size.",
+)
+@_option(
+    "--max-stop-sequences",
+    envvar="MAX_STOP_SEQUENCES",
+    type=click.IntRange(min=0),
+    default=4,
+    help="Most stop strings per request.",
+)
+@_option(
+    "--payload-limit",
+    envvar="PAYLOAD_LIMIT",
+    type=click.IntRange(min=1),
+    default=2_000_000,
+    help="Largest request body in bytes; larger ones get 413.",
+)
+@_option(
+    "--cors-allow-origin",
+    "cors_allow_origins",
+    envvar="CORS_ALLOW_ORIGIN",
+    multiple=True,
+    help="Origins allowed by CORS (repeat the flag for several). CORS is off unless set.",
+)
+@_option(
+    "--log-level",
+    envvar="LOG_LEVEL",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log verbosity.",
+)
 def serve(**options: object) -> None:
     """Serve a model over HTTP (OpenAI and TGI APIs, plus a demo page at /)."""
     from server.serve import ServeOptions, run  # heavy imports only once we really serve

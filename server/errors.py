@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable
 
 import msgspec
-from litestar import Request, Response
+from litestar import Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
 
 from engine import GenerationError, OverloadedError, UnavailableError, ValidationError
+from server.state import AnyRequest
 
 log = logging.getLogger("tokenspout.server")
 
@@ -93,9 +94,11 @@ def _headers(problem: Problem) -> dict[str, str]:
 
 def exception_handler(
     body: Callable[[Problem], dict[str, object]], validation_status: int
-) -> Callable[[Request[object, object, object], Exception], Response[object]]:
-    def handle(_request: Request[object, object, object], exc: Exception) -> Response[object]:
+) -> Callable[[AnyRequest, Exception], Response[object]]:
+    def handle(request: AnyRequest, exc: Exception) -> Response[object]:
         problem = problem_from(exc, validation_status)
+        if request.state.get("counted"):  # a generation request: count how it failed
+            request.app.state.services.metrics.failure(problem.kind)
         return Response(body(problem), status_code=problem.status, headers=_headers(problem))
 
     return handle

@@ -1,5 +1,5 @@
-"""What every generation route shares: start a stream or wait for a whole answer, and stop the engine's
-work the moment the client walks away."""
+"""What every generation route shares: start a stream or wait for a whole answer, count it in the
+metrics, and stop the engine's work the moment the client walks away."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
 
-from litestar import Request
 from litestar.response import Stream
 
 from engine import Completion, EngineError, FinishEvent, RequestHandle, TokenEvent
 from server.errors import ClientGone, Problem, problem_from
+from server.metrics import Metrics
 from server.sse import SSE_HEADERS, SSE_MEDIA_TYPE
+from server.state import AnyRequest
 
 T = TypeVar("T")
 
@@ -23,12 +24,18 @@ class EventEncoder(Protocol):
     def error(self, problem: Problem) -> bytes: ...
 
 
-async def _disconnected(request: Request[object, object, object]) -> None:
+def count_request(request: AnyRequest, metrics: Metrics) -> None:
+    """Count a generation request; its failure, if any, is then counted by the exception handler."""
+    metrics.request()
+    request.state.counted = True
+
+
+async def _disconnected(request: AnyRequest) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-async def unless_disconnected(request: Request[object, object, object], work: Awaitable[T]) -> T:
+async def unless_disconnected(request: AnyRequest, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise :class:`ClientGone`."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -42,18 +49,21 @@ async def unless_disconnected(request: Request[object, object, object], work: Aw
     return task.result()
 
 
-async def whole(request: Request[object, object, object], handle: RequestHandle) -> Completion:
+async def whole(request: AnyRequest, handle: RequestHandle, metrics: Metrics) -> Completion:
     """The whole generation; errors raise (and become the route's error response)."""
     try:
-        return await unless_disconnected(request, handle.collect())
+        result = await unless_disconnected(request, handle.collect())
     finally:
         handle.cancel()
+    metrics.success(result.finish)
+    return result
 
 
 async def stream(
-    request: Request[object, object, object],
+    request: AnyRequest,
     handle: RequestHandle,
     encoder: EventEncoder,
+    metrics: Metrics,
     validation_status: int,
 ) -> Stream:
     """An SSE response. The first event is awaited here, so a failure before any token still gets a
@@ -63,23 +73,31 @@ async def stream(
     except BaseException:
         handle.cancel()
         raise
-    frames = _frames(handle, first, encoder, validation_status)
+    frames = _frames(handle, first, encoder, metrics, validation_status)
     return Stream(frames, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS, status_code=200)
 
 
 async def _frames(
-    handle: RequestHandle, first: TokenEvent | FinishEvent, encoder: EventEncoder, validation_status: int
+    handle: RequestHandle,
+    event: TokenEvent | FinishEvent,
+    encoder: EventEncoder,
+    metrics: Metrics,
+    validation_status: int,
 ) -> AsyncIterator[bytes]:
     try:
-        event = first
         while type(event) is TokenEvent:
             chunk = encoder.token(event)
             if chunk is not None:
                 yield chunk
             event = await handle.__anext__()
         assert isinstance(event, FinishEvent)
+        metrics.success(event)
         yield encoder.finish(event)
     except EngineError as exc:
-        yield encoder.error(problem_from(exc, validation_status))
+        problem = problem_from(exc, validation_status)
+        metrics.failure(problem.kind)
+        yield encoder.error(problem)
     finally:
-        handle.cancel()  # a no-op when finished; frees the slot when the client left mid-stream
+        if not handle.finished:  # the client left mid-stream: free the slot now
+            metrics.failure("cancelled")
+            handle.cancel()

@@ -23,19 +23,9 @@ from engine import (
 from server import openai_wire as w
 from server.errors import Problem, openai_body
 from server.sse import DONE, frame
+from server.state import Limits
 
 Tokenize = Callable[[str], list[int]]
-
-
-class Limits:
-    """The budgets every route enforces (TGI's names)."""
-
-    __slots__ = ("max_input_tokens", "max_stop_sequences", "max_total_tokens")
-
-    def __init__(self, max_input_tokens: int, max_total_tokens: int, max_stop_sequences: int) -> None:
-        self.max_input_tokens = max_input_tokens
-        self.max_total_tokens = max_total_tokens
-        self.max_stop_sequences = max_stop_sequences
 
 
 def finish_reason(reason: FinishReason) -> str:
@@ -79,9 +69,7 @@ def sampling(body: w.SamplingFields) -> SamplingParams:
     )
 
 
-def chat_request(
-    body: w.ChatCompletionRequest, prompt: list[int], limits: Limits
-) -> GenerationRequest:
+def chat_request(body: w.ChatCompletionRequest, prompt: list[int], limits: Limits) -> GenerationRequest:
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     top = body.top_logprobs or 0
@@ -175,9 +163,12 @@ class ChatStream:
 
     def finish(self, event: FinishEvent) -> bytes:
         frames = []
-        if event.text or not self._role_sent:
+        last = event.token
+        if last.text or self._logprobs or not self._role_sent:
             role = None if self._role_sent else "assistant"
-            frames.append(self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=event.text))]))
+            logprobs = w.ChoiceLogprobs([_token_logprob(last)]) if self._logprobs else None
+            self._role_sent = True
+            frames.append(self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=last.text), logprobs)]))
         frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, finish_reason(event.reason))]))
         if self._include_usage:
             frames.append(self._chunk([], usage(event)))
@@ -199,7 +190,9 @@ def chat_completion(model: str, result: Completion, logprobs: bool) -> w.ChatCom
 # -- completions ---------------------------------------------------------------------------------
 
 
-def _completion_logprobs(tokens: tuple[TokenEvent, ...] | list[TokenEvent], offset: int) -> w.CompletionLogprobs:
+def _completion_logprobs(
+    tokens: tuple[TokenEvent, ...] | list[TokenEvent], offset: int
+) -> w.CompletionLogprobs:
     texts, values, tops, offsets = [], [], [], []
     for t in tokens:
         texts.append(t.text)
@@ -233,7 +226,9 @@ class CompletionStream:
         return self._chunk([w.CompletionChoice(0, event.text, None, logprobs)])
 
     def finish(self, event: FinishEvent) -> bytes:
-        frames = [self._chunk([w.CompletionChoice(0, event.text, finish_reason(event.reason))])]
+        last = event.token
+        logprobs = _completion_logprobs([last], self._offset) if self._logprobs else None
+        frames = [self._chunk([w.CompletionChoice(0, last.text, finish_reason(event.reason), logprobs)])]
         if self._include_usage:
             frames.append(self._chunk([], usage(event)))
         frames.append(DONE)

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import time
 
-from litestar import Request, Response, Router, get, post
+from litestar import Response, Router, get, post
 from litestar.response import Stream
 
 from server import openai_adapter as adapt
 from server import openai_wire as w
 from server.auth import require_api_key
 from server.errors import openai_exception_handler
-from server.generation import stream, whole
-from server.state import services
-
-AnyRequest = Request[object, object, object]
+from server.generation import count_request, stream, whole
+from server.state import AnyRequest, services
 
 
 @post("/chat/completions", status_code=200)
 async def chat_completions(request: AnyRequest) -> Response[w.ChatCompletion] | Stream:
     s = services(request)
+    count_request(request, s.metrics)
     body = w.chat_request_decoder.decode(await request.body())
     prompt = s.engine.tokenize(s.engine.render_chat(adapt.chat_messages(body)), add_special=False)
     handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits))
@@ -27,13 +26,14 @@ async def chat_completions(request: AnyRequest) -> Response[w.ChatCompletion] | 
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         encoder = adapt.ChatStream(model, include_usage=usage, logprobs=body.logprobs)
-        return await stream(request, handle, encoder, 400)
-    return Response(adapt.chat_completion(model, await whole(request, handle), body.logprobs))
+        return await stream(request, handle, encoder, s.metrics, 400)
+    return Response(adapt.chat_completion(model, await whole(request, handle, s.metrics), body.logprobs))
 
 
 @post("/completions", status_code=200)
 async def completions(request: AnyRequest) -> Response[w.Completion] | Stream:
     s = services(request)
+    count_request(request, s.metrics)
     body = w.completion_request_decoder.decode(await request.body())
     handle = s.engine.submit(adapt.completion_request(body, s.engine.tokenize, s.limits))
     model = body.model or s.engine.model_id
@@ -41,8 +41,8 @@ async def completions(request: AnyRequest) -> Response[w.Completion] | Stream:
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         encoder = adapt.CompletionStream(model, include_usage=usage, logprobs=logprobs)
-        return await stream(request, handle, encoder, 400)
-    return Response(adapt.text_completion(model, await whole(request, handle), logprobs))
+        return await stream(request, handle, encoder, s.metrics, 400)
+    return Response(adapt.text_completion(model, await whole(request, handle, s.metrics), logprobs))
 
 
 _STARTED = int(time.time())

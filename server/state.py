@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar import Request
+from litestar.datastructures import State
 
 from engine import Engine
-from server.openai_adapter import Limits
+from server.metrics import Metrics
+
+
+class Limits:
+    """The budgets every route enforces (TGI's names)."""
+
+    __slots__ = ("max_input_tokens", "max_stop_sequences", "max_total_tokens")
+
+    def __init__(self, max_input_tokens: int, max_total_tokens: int, max_stop_sequences: int) -> None:
+        self.max_input_tokens = max_input_tokens
+        self.max_total_tokens = max_total_tokens
+        self.max_stop_sequences = max_stop_sequences
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -19,16 +33,20 @@ class ServerSettings(msgspec.Struct, frozen=True):
 
 
 class Services:
-    __slots__ = ("engine", "limits", "settings")
+    __slots__ = ("engine", "limits", "metrics", "settings")
 
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
+        self.metrics = Metrics(engine)
         total = min(settings.max_total_tokens or engine.n_ctx, engine.n_ctx)
         max_input = min(settings.max_input_tokens or total - 1, total - 1)
         self.limits = Limits(max_input, total, settings.max_stop_sequences)
 
 
-def services(request: Request[object, object, object]) -> Services:
+AnyRequest = Request[Any, Any, State]
+
+
+def services(request: AnyRequest) -> Services:
     found: Services = request.app.state.services
     return found

@@ -1,0 +1,118 @@
+"""Prometheus metrics under TGI's names, so dashboards built for TGI work unchanged.
+
+Counters are kept as plain ints and exposed by a collector under TGI's exact names (TGI's exporter
+writes ``tgi_request_count``, while prometheus_client's Counter would add ``_total``). Gauges are read
+from the engine at scrape time; nothing here runs per token.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine import Engine, FinishEvent
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # TGI exposes no *_created series; keep the output the same
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_TOKENS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+_RATES = (1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000, 2000)
+
+
+class Metrics(Collector):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.requests = 0
+        self.successes = 0
+        self.failures: Counter[str] = Counter()
+        self.kv_cells_used = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        r = self.registry
+        self.input_length = Histogram(
+            "tgi_request_input_length", "Prompt tokens", buckets=_TOKENS, registry=r
+        )
+        self.generated_tokens = Histogram(
+            "tgi_request_generated_tokens", "Generated tokens", buckets=_TOKENS, registry=r
+        )
+        self.queue_duration = Histogram(
+            "tgi_request_queue_duration", "Seconds waiting for a slot", buckets=_SECONDS, registry=r
+        )
+        self.duration = Histogram(
+            "tgi_request_duration", "Seconds from submit to end", buckets=_SECONDS, registry=r
+        )
+        self.time_per_token = Histogram(
+            "tgi_request_mean_time_per_token_duration",
+            "Mean seconds per generated token",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "tokenspout_time_to_first_token_seconds",
+            "Seconds from submit to the first token",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.decode_rate = Histogram(
+            "tokenspout_decode_tokens_per_second",
+            "Per-request decode speed after the first token",
+            buckets=_RATES,
+            registry=r,
+        )
+
+    # -- recording (event loop only) ---------------------------------------------------------------
+    def request(self) -> None:
+        self.requests += 1
+
+    def failure(self, kind: str) -> None:
+        self.failures[kind] += 1
+
+    def success(self, event: FinishEvent) -> None:
+        self.successes += 1
+        usage, timing = event.usage, event.timing
+        self.input_length.observe(usage.prompt_tokens)
+        self.generated_tokens.observe(usage.completion_tokens)
+        self.queue_duration.observe(timing.queued)
+        self.duration.observe(timing.total)
+        self.first_token.observe(timing.first_token)
+        decoding = timing.total - timing.first_token
+        if usage.completion_tokens > 0:
+            self.time_per_token.observe(timing.total / usage.completion_tokens)
+        if usage.completion_tokens > 1 and decoding > 0:
+            self.decode_rate.observe((usage.completion_tokens - 1) / decoding)
+
+    # -- exposition --------------------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        yield _counter("tgi_request_count", "Generation requests received", self.requests)
+        yield _counter("tgi_request_success", "Generation requests that finished", self.successes)
+        failures = Metric("tgi_request_failure", "Generation requests that failed, by error type", "counter")
+        for kind, count in sorted(self.failures.items()):
+            failures.add_sample("tgi_request_failure", {"err": kind}, count)
+        yield failures
+        stats = self.engine.stats()
+        yield GaugeMetricFamily("tgi_queue_size", "Requests waiting for a slot", stats.waiting)
+        yield GaugeMetricFamily("tgi_batch_current_size", "Sequences in the running batch", stats.running)
+        yield GaugeMetricFamily(
+            "tokenspout_requests_admitted",
+            "Requests counted against --max-concurrent-requests",
+            stats.admitted,
+        )
+        yield GaugeMetricFamily("tokenspout_slots_free", "Free sequence slots", stats.free_slots)
+        yield GaugeMetricFamily("tokenspout_kv_cells_used", "KV cache cells in use", self.kv_cells_used)
+        yield _counter("tokenspout_decode_steps", "llama_decode steps run", stats.steps)
+
+    async def render(self) -> bytes:
+        self.kv_cells_used = await self.engine.kv_cells_used()
+        return generate_latest(self.registry)
+
+
+def _counter(name: str, documentation: str, value: int) -> Metric:
+    metric = Metric(name, documentation, "counter")
+    metric.add_sample(name, {}, value)
+    return metric

@@ -1,0 +1,187 @@
+"""Pure translations between TGI's wire format and the engine, with TGI's validation rules and messages."""
+
+from __future__ import annotations
+
+import uuid
+
+from engine import (
+    Completion,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    ValidationError,
+    resolve_max_tokens,
+)
+from server import tgi_wire as w
+from server.errors import Problem, tgi_body
+from server.openai_adapter import Tokenize
+from server.sse import frame
+from server.state import Limits
+
+MAX_TOP_N_TOKENS = 5
+
+
+def _invalid(message: str, field: str) -> ValidationError:
+    return ValidationError(f"Input validation error: {message}", field)
+
+
+def validate(p: w.GenerateParameters, limits: Limits) -> None:
+    """TGI's parameter rules, in TGI's words."""
+    if p.best_of is not None and p.best_of != 1:
+        raise _invalid(f"`best_of` must be > 0 and <= 1. Given: {p.best_of}", "best_of")
+    if p.temperature is not None and p.temperature <= 0:
+        raise _invalid("`temperature` must be strictly positive", "temperature")
+    if p.repetition_penalty is not None and p.repetition_penalty <= 0:
+        raise _invalid("`repetition_penalty` must be strictly positive", "repetition_penalty")
+    if p.frequency_penalty is not None and not -2.0 <= p.frequency_penalty <= 2.0:
+        raise _invalid("`frequency_penalty` must be >= -2.0 and <= 2.0", "frequency_penalty")
+    if p.top_p is not None and not 0.0 < p.top_p < 1.0:
+        raise _invalid("`top_p` must be > 0.0 and < 1.0", "top_p")
+    if p.typical_p is not None and not 0.0 < p.typical_p < 1.0:
+        raise _invalid("`typical_p` must be > 0.0 and < 1.0", "typical_p")
+    if p.top_k is not None and p.top_k <= 0:
+        raise _invalid("`top_k` must be strictly positive", "top_k")
+    if p.max_new_tokens is not None and p.max_new_tokens <= 0:
+        raise _invalid("`max_new_tokens` must be strictly positive", "max_new_tokens")
+    if len(p.stop) > limits.max_stop_sequences:
+        raise _invalid(
+            f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(p.stop)}", "stop"
+        )
+    if p.top_n_tokens is not None and not 0 <= p.top_n_tokens <= MAX_TOP_N_TOKENS:
+        raise _invalid(
+            f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}. Given: {p.top_n_tokens}", "top_n_tokens"
+        )
+    if p.truncate is not None and not 0 < p.truncate <= limits.max_input_tokens:
+        message = f"`truncate` must be strictly positive and less than {limits.max_input_tokens}"
+        raise _invalid(f"{message}. Given: {p.truncate}", "truncate")
+    if p.grammar is not None:
+        raise _invalid("grammar is not supported by this server", "grammar")
+
+
+def sampling(p: w.GenerateParameters, seed: int) -> SamplingParams:
+    # As TGI: any warper (temperature, top_k, top_p, typical_p) turns sampling on, even without do_sample.
+    warped = (
+        (p.temperature not in (None, 1.0)) or bool(p.top_k) or p.top_p is not None or p.typical_p is not None
+    )
+    temperature = (p.temperature or 1.0) if (p.do_sample or warped) else 0.0
+    return SamplingParams(
+        temperature=temperature,
+        top_k=p.top_k or 0,
+        top_p=p.top_p if p.top_p is not None else 1.0,
+        typical_p=p.typical_p if p.typical_p is not None else 1.0,
+        repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else 1.0,
+        frequency_penalty=p.frequency_penalty or 0.0,
+        seed=seed,
+    )
+
+
+def generation_request(body: w.GenerateRequest, tokenize: Tokenize, limits: Limits) -> GenerationRequest:
+    p = body.parameters
+    validate(p, limits)
+    if not body.inputs:
+        raise _invalid("`inputs` cannot be empty", "inputs")
+    tokens = tokenize(body.inputs)
+    if p.truncate is not None:
+        tokens = tokens[-p.truncate :]  # TGI keeps the end of the input
+    if len(tokens) > limits.max_input_tokens:
+        raise _invalid(
+            f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {len(tokens)}", "inputs"
+        )
+    if p.max_new_tokens is not None and len(tokens) + p.max_new_tokens > limits.max_total_tokens:
+        raise _invalid(
+            f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. Given: {len(tokens)} "
+            f"`inputs` tokens and {p.max_new_tokens} `max_new_tokens`",
+            "max_new_tokens",
+        )
+    max_new = resolve_max_tokens(
+        len(tokens),
+        p.max_new_tokens,
+        max_input=limits.max_input_tokens,
+        max_total=limits.max_total_tokens,
+        prompt_field="inputs",
+        max_field="max_new_tokens",
+    )
+    seed = p.seed if p.seed is not None else uuid.uuid4().int & 0xFFFFFFFF
+    top_n = p.top_n_tokens or 0
+    return GenerationRequest(
+        prompt_tokens=tuple(tokens),
+        max_tokens=max_new,
+        sampling=sampling(p, seed),
+        stop=tuple(s for s in p.stop if s),
+        logprobs=True,  # TGI always reports each token's logprob
+        top_logprobs=top_n,
+    )
+
+
+def _token(event: TokenEvent) -> w.Token:
+    return w.Token(event.token_id, event.text, event.logprob, event.special)
+
+
+def _top_tokens(event: TokenEvent) -> list[w.Token]:
+    return [w.Token(t.token_id, t.text, t.logprob, False) for t in event.top_logprobs or ()]
+
+
+def _seed(request: GenerationRequest) -> int | None:
+    return None if request.sampling.greedy else request.sampling.seed
+
+
+def generate_response(
+    request: GenerationRequest, inputs: str, result: Completion, p: w.GenerateParameters
+) -> w.GenerateResponse:
+    text = inputs + result.text if p.return_full_text else result.text
+    if not p.details:
+        return w.GenerateResponse(text)
+    top = [_top_tokens(t) for t in result.tokens] if request.top_logprobs else None
+    details = w.Details(
+        finish_reason=result.finish.reason.value,
+        generated_tokens=result.finish.usage.completion_tokens,
+        seed=_seed(request),
+        prefill=[],
+        tokens=[_token(t) for t in result.tokens],
+        top_tokens=top,
+    )
+    return w.GenerateResponse(text, details)
+
+
+class TgiStream:
+    """Turns engine events into TGI ``StreamResponse`` SSE frames: one per token, the last one with
+    ``generated_text`` (and ``details`` when asked for)."""
+
+    __slots__ = ("_details", "_index", "_prefix", "_request", "_texts", "_top")
+
+    def __init__(self, request: GenerationRequest, inputs: str, p: w.GenerateParameters) -> None:
+        self._request = request
+        self._details = p.details
+        self._prefix = inputs if p.return_full_text else ""
+        self._top = bool(request.top_logprobs)
+        self._texts: list[str] = []
+        self._index = 0
+
+    def token(self, event: TokenEvent) -> bytes:
+        self._texts.append(event.text)
+        self._index += 1
+        top = _top_tokens(event) if self._top else None
+        return frame(w.StreamResponse(self._index, _token(event), None, None, top))
+
+    def finish(self, event: FinishEvent) -> bytes:
+        last = event.token
+        self._texts.append(last.text)
+        details = None
+        if self._details:
+            details = w.StreamDetails(
+                event.reason.value,
+                event.usage.completion_tokens,
+                _seed(self._request),
+                event.usage.prompt_tokens,
+            )
+        text = self._prefix + "".join(self._texts)
+        top = _top_tokens(last) if self._top else None
+        return frame(w.StreamResponse(self._index + 1, _token(last), text, details, top))
+
+    def error(self, problem: Problem) -> bytes:
+        return frame(tgi_body(problem))
+
+
+def tokenize_response(pieces: list[tuple[int, str, int, int]]) -> list[w.SimpleToken]:
+    return [w.SimpleToken(i, text, start, stop) for i, text, start, stop in pieces]

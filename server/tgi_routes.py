@@ -1,0 +1,97 @@
+"""TGI-compatible routes: /generate, /generate_stream, POST / (compat), /info, /tokenize."""
+
+from __future__ import annotations
+
+from litestar import Router, get, post
+from litestar.response import Stream
+
+from engine import ValidationError
+from server import tgi_adapter as adapt
+from server import tgi_wire as w
+from server.auth import require_api_key
+from server.errors import tgi_exception_handler
+from server.generation import count_request, stream, whole
+from server.state import AnyRequest, Services, services
+from server.version import VERSION
+
+
+async def _generate(
+    request: AnyRequest, body: w.GenerateRequest, streamed: bool
+) -> w.GenerateResponse | Stream:
+    s = services(request)
+    engine_request = adapt.generation_request(body, s.engine.tokenize, s.limits)
+    handle = s.engine.submit(engine_request)
+    if streamed:
+        encoder = adapt.TgiStream(engine_request, body.inputs, body.parameters)
+        return await stream(request, handle, encoder, s.metrics, 422)
+    result = await whole(request, handle, s.metrics)
+    return adapt.generate_response(engine_request, body.inputs, result, body.parameters)
+
+
+async def _decoded(request: AnyRequest) -> w.GenerateRequest:
+    count_request(request, services(request).metrics)
+    return w.generate_decoder.decode(await request.body())
+
+
+@post("/generate", status_code=200)
+async def generate(request: AnyRequest) -> w.GenerateResponse:
+    response = await _generate(request, await _decoded(request), streamed=False)
+    assert isinstance(response, w.GenerateResponse)
+    return response
+
+
+@post("/generate_stream", status_code=200)
+async def generate_stream(request: AnyRequest) -> Stream:
+    response = await _generate(request, await _decoded(request), streamed=True)
+    assert isinstance(response, Stream)
+    return response
+
+
+@post("/", status_code=200)
+async def compat_generate(request: AnyRequest) -> list[w.GenerateResponse] | Stream:
+    """TGI's compatibility route: ``stream`` in the body picks the mode; a whole answer is a list."""
+    body = await _decoded(request)
+    response = await _generate(request, body, streamed=body.stream)
+    return response if isinstance(response, Stream) else [response]
+
+
+def info_of(s: Services) -> w.Info:
+    return w.Info(
+        model_id=s.engine.model_id,
+        model_sha=None,
+        model_dtype=s.engine.model_type,
+        model_device_type="cuda" if s.engine.config.n_gpu_layers else "cpu",
+        model_pipeline_tag="text-generation",
+        max_concurrent_requests=s.engine.config.max_concurrent_requests,
+        max_best_of=1,
+        max_stop_sequences=s.limits.max_stop_sequences,
+        max_input_tokens=s.limits.max_input_tokens,
+        max_total_tokens=s.limits.max_total_tokens,
+        validation_workers=1,
+        max_client_batch_size=1,
+        router="tokenspout",
+        version=VERSION,
+        sha=None,
+        docker_label=None,
+    )
+
+
+@get("/info")
+async def info(request: AnyRequest) -> w.Info:
+    return info_of(services(request))
+
+
+@post("/tokenize", status_code=200)
+async def tokenize(request: AnyRequest) -> list[w.SimpleToken]:
+    body = w.tokenize_decoder.decode(await request.body())
+    if not body.inputs:
+        raise ValidationError("Input validation error: `inputs` cannot be empty", "inputs")
+    return adapt.tokenize_response(services(request).engine.token_spans(body.inputs))
+
+
+tgi_router = Router(
+    path="/",
+    route_handlers=[generate, generate_stream, compat_generate, info, tokenize],
+    exception_handlers={Exception: tgi_exception_handler},
+    guards=[require_api_key],
+)
