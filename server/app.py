@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Litestar, Response, get
+from importlib.resources import files
+
+from litestar import Litestar, MediaType, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
@@ -14,6 +16,14 @@ from server.openai_routes import openai_router
 from server.state import AnyRequest, ServerSettings, Services, services
 from server.tgi_routes import tgi_router
 from server.version import VERSION
+
+DEMO_PAGE = files("server").joinpath("static/index.html").read_bytes()
+
+
+@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
+def demo_page() -> bytes:
+    """The side-by-side demo: the same prompt streamed and not streamed. Open to all, like /health."""
+    return DEMO_PAGE
 
 
 @get("/metrics", media_type=CONTENT_TYPE)
@@ -43,7 +53,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
         CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None
     )
     return Litestar(
-        route_handlers=[openai_router, tgi_router, health, metrics],
+        route_handlers=[openai_router, tgi_router, health, metrics, demo_page],
         state=State({"services": Services(engine, settings), "api_key": api_key}),
         on_startup=[start_engine],
         on_shutdown=[stop_engine],

@@ -1,0 +1,1 @@
+"""tokenspout's HTTP layer: Litestar routes that translate the OpenAI and TGI protocols to the engine."""
