@@ -1,0 +1,46 @@
+"""Fixtures: the real default model (or TOKENSPOUT_TEST_MODEL) served by a real uvicorn server on a
+free loopback port. Every test talks to it over HTTP, as a user's client would."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+import httpx
+import pytest
+
+from bench.server import running_server
+from models import ensure_model
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """The GGUF file under test: TOKENSPOUT_TEST_MODEL if set, else the default model."""
+    return os.environ.get("TOKENSPOUT_TEST_MODEL") or str(ensure_model())
+
+
+ServerFactory = Callable[..., AbstractContextManager[str]]
+
+
+@pytest.fixture(scope="session")
+def start_server(model_path: str) -> ServerFactory:
+    """Start a server with extra flags (for tests that need their own limits): ``with start_server(...)``."""
+
+    def start(*flags: str, env: dict[str, str] | None = None) -> AbstractContextManager[str]:
+        return running_server(model_path, ["--threads", "2", *flags], env=env)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def base_url(start_server: ServerFactory) -> Iterator[str]:
+    """One shared server with the default settings (4 slots, 4096-token context)."""
+    with start_server() as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c

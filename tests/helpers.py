@@ -1,0 +1,35 @@
+"""Small helpers the tests share: reading metrics and waiting for the server to settle."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def metrics(base_url: str) -> dict[str, float]:
+    """Every sample of /metrics, keyed by name plus labels (e.g. ``tgi_request_failure{err=overloaded}``)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def wait_until_idle(base_url: str, timeout: float = 10.0) -> dict[str, float]:
+    """Poll /metrics until no request is admitted, running or queued and every KV cell is free."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(base_url)
+        idle = (
+            m["tokenspout_requests_admitted"] == 0
+            and m["tgi_batch_current_size"] == 0
+            and m["tgi_queue_size"] == 0
+            and m["tokenspout_kv_cells_used"] == 0
+        )
+        if idle or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)
