@@ -22,6 +22,8 @@ class TextStream:
         self.stopped = False
 
     def push(self, piece: bytes) -> str:
+        if self.stopped:  # nothing after a stop string is ever released
+            return ""
         text = self._decoder.decode(piece)
         if not self._stops:
             return text
@@ -36,9 +38,10 @@ class TextStream:
         return held[: len(held) - keep]
 
     def flush(self) -> str:
-        """Release everything held (the generation ended for another reason than a stop string)."""
-        text = self._held + self._decoder.decode(b"", final=True)
-        self._held = ""
+        """Release the text held back for a possible stop string (the generation ended another way).
+        Bytes of a character the generation never finished are dropped, not turned into U+FFFD."""
+        text, self._held = self._held, ""
+        self._decoder.reset()
         return text
 
 

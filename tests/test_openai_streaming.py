@@ -1,0 +1,285 @@
+"""OpenAI-compatible streaming against the real model, a real server and real clients."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from httpx_sse import connect_sse
+
+from tests.helpers import metrics, wait_until_idle
+
+CHAT = "/v1/chat/completions"
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def stream_events(client: httpx.Client, path: str, body: dict[str, Any]) -> list[tuple[float, str]]:
+    """(arrival time, data) of every SSE event, through httpx-sse."""
+    out = []
+    with connect_sse(client, "POST", path, json={**body, "stream": True}) as source:
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        assert source.response.headers["cache-control"] == "no-cache"
+        assert source.response.headers["x-accel-buffering"] == "no"
+        for event in source.iter_sse():
+            out.append((time.perf_counter(), event.data))
+    return out
+
+
+def chat_text(base_url: str, prompt: str, **params: Any) -> str:
+    reply = sdk(base_url).chat.completions.create(model="any", messages=user(prompt), **params)  # type: ignore[call-overload]
+    return str(reply.choices[0].message.content)
+
+
+def streamed_chat_text(base_url: str, prompt: str, **params: Any) -> tuple[str, list[str]]:
+    pieces = []
+    stream = sdk(base_url).chat.completions.create(model="any", messages=user(prompt), stream=True, **params)  # type: ignore[call-overload]
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    return "".join(pieces), pieces
+
+
+def test_tokens_arrive_one_by_one_not_all_at_the_end(client: httpx.Client) -> None:
+    sent = time.perf_counter()
+    body = {"messages": user("Tell me a long story."), "max_tokens": 64, "temperature": 0, "ignore_eos": True}
+    events = stream_events(client, CHAT, body)
+    content = [(t, d) for t, d in events if d != "[DONE]" and json.loads(d)["choices"]]
+    assert len(content) >= 60
+    first, last = content[0][0], content[-1][0]
+    # 64 tokens take a visible while to decode; streamed, the first one is there long before the last
+    assert first - sent < 0.5 * (last - sent)
+    assert len({round(t, 3) for t, _ in content}) > 30  # many distinct arrival moments, not one burst
+
+
+def test_chunk_format_role_finish_reason_usage_and_done(base_url: str, client: httpx.Client) -> None:
+    chunks = list(
+        sdk(base_url).chat.completions.create(
+            model="whatever-the-client-calls-it",
+            messages=user("Say hello."),
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    usage_chunk = chunks[-1]
+    assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert (
+        usage_chunk.usage.total_tokens
+        == usage_chunk.usage.prompt_tokens + usage_chunk.usage.completion_tokens
+    )
+    raw = stream_events(client, CHAT, {"messages": user("Say hello."), "max_tokens": 4})
+    assert raw[-1][1] == "[DONE]"
+    assert all(json.loads(d).get("usage") is None for _, d in raw[:-1])  # no usage chunk unless asked
+
+
+def test_non_streamed_answer_carries_usage_and_echoes_the_model_name(base_url: str) -> None:
+    reply = sdk(base_url).chat.completions.create(
+        model="gpt-4o", messages=user("Say hello."), max_tokens=8, temperature=0
+    )
+    assert reply.object == "chat.completion" and reply.model == "gpt-4o"
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens <= 8 and reply.usage.prompt_tokens > 0
+    assert [m.id for m in sdk(base_url).models.list().data]
+
+
+def test_greedy_streamed_text_equals_non_streamed_text(base_url: str) -> None:
+    prompt = "Explain in three sentences why the sky is blue."
+    whole = chat_text(base_url, prompt, max_tokens=60, temperature=0)
+    streamed, _ = streamed_chat_text(base_url, prompt, max_tokens=60, temperature=0)
+    assert streamed == whole and len(whole) > 20
+    completion = sdk(base_url).completions.create(
+        model="m", prompt="The three primary colors are", max_tokens=30, temperature=0
+    )
+    pieces = [
+        c.choices[0].text
+        for c in sdk(base_url).completions.create(
+            model="m", prompt="The three primary colors are", max_tokens=30, temperature=0, stream=True
+        )
+        if c.choices
+    ]
+    assert "".join(pieces) == completion.choices[0].text
+
+
+def test_four_greedy_requests_batched_together_match_each_alone(base_url: str) -> None:
+    prompts = [
+        "Name three fruits.",
+        "What is the capital of Italy?",
+        "Write one sentence about cats.",
+        "Count from one to five in words.",
+    ]
+    alone = [chat_text(base_url, p, max_tokens=40, temperature=0) for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(
+            pool.map(lambda p: streamed_chat_text(base_url, p, max_tokens=40, temperature=0)[0], prompts)
+        )
+    assert together == alone
+    assert len(set(alone)) == 4
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Reply with three emoji about the ocean: 🌊🐠🐙",
+        "请用中文写一句关于春天的话。",
+        "日本語で挨拶してください。",
+    ],
+)
+def test_emoji_and_cjk_stream_as_whole_characters(base_url: str, client: httpx.Client, prompt: str) -> None:
+    body = {"messages": user(prompt), "max_tokens": 40, "temperature": 0}
+    events = stream_events(client, CHAT, body)  # httpx decodes every event as UTF-8 and JSON
+    pieces = [
+        json.loads(d)["choices"][0]["delta"].get("content", "")
+        for _, d in events[:-1]
+        if json.loads(d)["choices"]
+    ]
+    assert all("\ufffd" not in p for p in pieces)
+    whole = chat_text(base_url, prompt, max_tokens=40, temperature=0)
+    assert "".join(pieces) == whole
+    assert any(ord(ch) > 0x2E80 for ch in whole)  # the answer really holds wide characters
+
+
+def tokens_of(base_url: str, prompt: str, n: int) -> tuple[str, list[str]]:
+    reply = sdk(base_url).completions.create(
+        model="m", prompt=prompt, max_tokens=n, temperature=0, logprobs=0
+    )
+    assert reply.choices[0].logprobs is not None and reply.choices[0].logprobs.tokens is not None
+    return reply.choices[0].text, reply.choices[0].logprobs.tokens
+
+
+def test_stop_string_split_across_tokens_is_honoured_and_not_sent(base_url: str) -> None:
+    prompt = "The history of the Roman Empire began"
+    text, tokens = tokens_of(base_url, prompt, 40)
+    # a stop string made of the end of one token and the start of the next
+    k = next(
+        i
+        for i in range(3, len(tokens) - 1)
+        if len(tokens[i].strip()) >= 2 and len(tokens[i + 1].strip()) >= 2
+    )
+    offset = sum(len(t) for t in tokens[:k])
+    stop = tokens[k][-2:] + tokens[k + 1][:2]
+    expected = text[: text.index(stop)]
+    assert text.index(stop) <= offset + len(tokens[k]) - 2  # it really starts inside token k
+    for streamed in (False, True):
+        client = sdk(base_url)
+        if streamed:
+            chunks = list(
+                client.completions.create(
+                    model="m", prompt=prompt, max_tokens=40, temperature=0, stop=[stop], stream=True
+                )
+            )
+            got = "".join(c.choices[0].text for c in chunks if c.choices)
+            reason = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            reply = client.completions.create(
+                model="m", prompt=prompt, max_tokens=40, temperature=0, stop=[stop]
+            )
+            got, reason = reply.choices[0].text, reply.choices[0].finish_reason
+        assert got == expected and stop not in got and reason == "stop"
+
+
+def test_max_tokens_is_exact(base_url: str, client: httpx.Client) -> None:
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": 17,
+        "ignore_eos": True,
+        "logprobs": 0,
+        "stream_options": {"include_usage": True},
+    }
+    events = [json.loads(d) for _, d in stream_events(client, "/v1/completions", body)[:-1]]
+    tokens = [e for e in events if e["choices"]]
+    assert len(tokens) == 17  # with logprobs every token gets its own chunk
+    assert tokens[-1]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["usage"]["completion_tokens"] == 17
+    reply = sdk(base_url).completions.create(
+        model="m", prompt="Once upon a time", max_tokens=17, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 17
+
+
+def test_closing_a_stream_frees_its_slot_and_kv_cells(base_url: str) -> None:
+    wait_until_idle(base_url)
+    body = {
+        "messages": user("Write a very long essay."),
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.Client(base_url=base_url, timeout=60) as c, c.stream("POST", CHAT, json=body) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert metrics(base_url)["tgi_batch_current_size"] == 1
+        closed = time.perf_counter()
+    after = wait_until_idle(base_url)
+    assert after["tokenspout_requests_admitted"] == 0 and after["tokenspout_kv_cells_used"] == 0
+    assert time.perf_counter() - closed < 5
+    assert chat_text(base_url, "Hi", max_tokens=3)  # and the server serves the next request
+
+
+def test_curl_shows_chunks_as_they_arrive(base_url: str) -> None:
+    body = json.dumps(
+        {"messages": user("Tell me a story."), "max_tokens": 40, "ignore_eos": True, "stream": True}
+    )
+    curl = subprocess.Popen(
+        ["curl", "-sN", f"{base_url}{CHAT}", "-H", "Content-Type: application/json", "-d", body],
+        stdout=subprocess.PIPE,
+    )
+    assert curl.stdout is not None
+    arrivals = [time.perf_counter() for line in curl.stdout if line.startswith(b"data: ")]
+    assert curl.wait() == 0
+    assert len(arrivals) >= 40
+    assert arrivals[-1] - arrivals[0] > 0.1  # spread over the generation, not one buffered burst
+
+
+def test_requests_beyond_the_slots_queue_and_drain(start_server: Any) -> None:
+    with start_server("--parallel", "2") as url:
+        results: list[str] = []
+        seen_queue = threading.Event()
+
+        def watch() -> None:
+            deadline = time.monotonic() + 30
+            while not seen_queue.is_set() and time.monotonic() < deadline:
+                m = metrics(url)
+                if m["tgi_queue_size"] > 0 and m["tgi_batch_current_size"] == 2:
+                    seen_queue.set()
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(
+                pool.map(
+                    lambda i: chat_text(
+                        url, f"Say the number {i}.", max_tokens=30, extra_body={"ignore_eos": True}
+                    ),
+                    range(6),
+                )
+            )
+        watcher.join()
+        assert seen_queue.is_set()
+        assert all(results) and len(results) == 6
+        final = wait_until_idle(url)
+        assert final["tgi_queue_size"] == 0 and final["tokenspout_slots_free"] == 2
+        assert final["tgi_request_success"] == 6
