@@ -13,13 +13,14 @@ import httpx
 import openai
 import pytest
 from httpx_sse import connect_sse
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tests.helpers import metrics, wait_until_idle
 
 CHAT = "/v1/chat/completions"
 
 
-def user(text: str) -> list[dict[str, str]]:
+def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -41,13 +42,14 @@ def stream_events(client: httpx.Client, path: str, body: dict[str, Any]) -> list
 
 
 def chat_text(base_url: str, prompt: str, **params: Any) -> str:
-    reply = sdk(base_url).chat.completions.create(model="any", messages=user(prompt), **params)  # type: ignore[call-overload]
+    reply = sdk(base_url).chat.completions.create(model="any", messages=user(prompt), stream=False, **params)
     return str(reply.choices[0].message.content)
 
 
 def streamed_chat_text(base_url: str, prompt: str, **params: Any) -> tuple[str, list[str]]:
     pieces = []
-    stream = sdk(base_url).chat.completions.create(model="any", messages=user(prompt), stream=True, **params)  # type: ignore[call-overload]
+    stream = sdk(base_url).chat.completions.create(model="any", messages=user(prompt), stream=True, **params)
+    chunk: ChatCompletionChunk
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)

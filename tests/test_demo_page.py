@@ -1,0 +1,230 @@
+"""The demo page at GET /, driven in a real browser (Debian's Chromium through Playwright) against a
+real server: streaming text shows up before the non-streaming answer, Stop frees the server's slot,
+429 and 401 are shown to the user, and the layout holds on a phone-sized screen."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from tests.conftest import ServerFactory
+from tests.helpers import metrics, wait_until_idle
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+LONG_PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm at sea."
+WAIT_MS = 60_000  # the longest any single wait may take: the model runs ~70 tokens/s on 2 CPU cores
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (`just test` installs Debian's chromium)"
+)
+
+OUTPUT = "[data-testid=streaming-output]"
+WHOLE_OUTPUT = "[data-testid=non-streaming-output]"
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context per test (its own localStorage), 1280x900 unless a test resizes it."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def text_of(page: Page, testid: str) -> str:
+    return page.get_by_test_id(testid).text_content() or ""
+
+
+def open_demo(page: Page, url: str, prompt: str = LONG_PROMPT, max_tokens: int = 120) -> None:
+    page.goto(url)
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Max new tokens").fill(str(max_tokens))
+
+
+def wait_text(page: Page, selector: str, min_chars: int = 1) -> None:
+    page.wait_for_function(
+        "([sel, n]) => (document.querySelector(sel).textContent || '').trim().length >= n",
+        arg=[selector, min_chars],
+        timeout=WAIT_MS,
+    )
+
+
+def wait_generation_over(page: Page) -> None:
+    """Generate is enabled again once both requests have ended, one way or another."""
+    page.wait_for_function("!document.querySelector('[data-testid=generate]').disabled", timeout=WAIT_MS)
+
+
+def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: str) -> None:
+    open_demo(page, base_url, max_tokens=120)
+    page.wait_for_function(
+        "document.querySelector('[data-testid=model-name]').textContent.trim() !== '…'", timeout=WAIT_MS
+    )
+    assert text_of(page, "model-name").strip()
+    page.get_by_role("button", name="Generate").click()
+    assert page.get_by_role("button", name="Stop").is_enabled()
+
+    # The point of the demo: at some moment, streamed text is on screen while the other pane waits.
+    page.wait_for_function(
+        f"""() => document.querySelector('{OUTPUT}').textContent.trim().length > 0
+                && document.querySelector('{WHOLE_OUTPUT}').textContent.trim().length === 0""",
+        timeout=WAIT_MS,
+    )
+    assert page.get_by_test_id("non-streaming-waiting").is_visible()
+    assert "Waiting for the whole answer" in text_of(page, "non-streaming-waiting")
+
+    wait_generation_over(page)
+    assert text_of(page, "streaming-output").strip()
+    assert text_of(page, "non-streaming-output").strip()
+    assert not page.get_by_test_id("non-streaming-waiting").is_visible()
+    assert page.get_by_role("button", name="Stop").is_disabled()
+    for pane in ("streaming", "non-streaming"):
+        assert text_of(page, f"{pane}-status").startswith("Done"), text_of(page, f"{pane}-status")
+        for stat in ("ttft", "total", "tps", "tokens"):
+            value = text_of(page, f"{pane}-{stat}")
+            assert any(c.isdigit() for c in value), f"{pane}-{stat} is {value!r}"
+        assert 1 <= int(text_of(page, f"{pane}-tokens")) <= 120
+    assert any(c.isdigit() for c in text_of(page, "streaming-decode-tps"))
+    # Without streaming the first text comes with the whole answer: its TTFT is its total time.
+    assert text_of(page, "non-streaming-ttft") == text_of(page, "non-streaming-total")
+    assert page.get_by_test_id("summary").is_visible()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
+
+
+def test_stop_aborts_both_requests_and_frees_the_slot(page: Page, start_server: ServerFactory) -> None:
+    with start_server() as url:
+        open_demo(page, url, max_tokens=1500)
+        page.get_by_role("button", name="Generate").click()
+        wait_text(page, OUTPUT, 20)
+        assert metrics(url)["tokenspout_requests_admitted"] == 2  # both requests are being served
+
+        page.get_by_role("button", name="Stop").click()
+        for pane in ("streaming", "non-streaming"):
+            status = page.get_by_test_id(f"{pane}-status")
+            status.filter(has_text="Stopped").wait_for(timeout=WAIT_MS)
+        wait_generation_over(page)
+        assert page.get_by_role("button", name="Stop").is_disabled()
+        assert text_of(page, "non-streaming-output") == ""
+
+        stopped_at = text_of(page, "streaming-output")
+        assert stopped_at.strip()
+        idle = wait_until_idle(url, timeout=20)
+        assert idle["tokenspout_requests_admitted"] == 0
+        assert idle["tgi_batch_current_size"] == 0
+        assert idle["tgi_queue_size"] == 0
+        time.sleep(1.0)
+        assert text_of(page, "streaming-output") == stopped_at  # the text stopped growing
+
+
+def test_overloaded_server_shows_a_busy_message(page: Page, start_server: ServerFactory) -> None:
+    with start_server("--max-concurrent-requests", "1") as url:
+        open_demo(page, url, max_tokens=50)
+        body = {
+            "messages": [{"role": "user", "content": LONG_PROMPT}],
+            "max_tokens": 2000,
+            "stream": True,
+        }
+        # Hold the only admitted slot with a streaming request that stays open while the page tries.
+        with (
+            httpx.Client(base_url=url, timeout=WAIT_MS / 1000) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            first = next(line for line in response.iter_lines() if line.startswith("data:"))
+            assert "chat.completion.chunk" in first
+
+            page.get_by_role("button", name="Generate").click()
+            wait_generation_over(page)
+            for pane in ("streaming", "non-streaming"):
+                status = text_of(page, f"{pane}-status")
+                assert "The server is busy (overloaded): try again in 1 s" in status, status
+                assert page.get_by_test_id(f"{pane}-status").get_attribute("data-state") == "busy"
+            assert text_of(page, "streaming-output") == ""
+        # Leaving the block closed the holding request: the server cancels it and frees the slot.
+        assert wait_until_idle(url, timeout=20)["tokenspout_requests_admitted"] == 0
+
+
+def test_api_key_is_asked_for_then_sent(page: Page, start_server: ServerFactory) -> None:
+    with start_server("--api-key", "sekrit") as url:
+        open_demo(page, url, prompt="Say hello in one short sentence.", max_tokens=24)
+        key = page.get_by_test_id("api-key")
+        assert not key.is_visible()
+
+        page.get_by_role("button", name="Generate").click()
+        wait_generation_over(page)
+        for pane in ("streaming", "non-streaming"):
+            assert "needs an API key" in text_of(page, f"{pane}-status")
+        assert key.is_visible()
+        assert key.get_attribute("type") == "password"
+        assert text_of(page, "streaming-output") == ""
+
+        key.fill("sekrit")
+        page.get_by_role("button", name="Generate").click()
+        wait_generation_over(page)
+        assert text_of(page, "streaming-status").startswith("Done"), text_of(page, "streaming-status")
+        assert text_of(page, "non-streaming-status").startswith("Done")
+        assert text_of(page, "streaming-output").strip()
+        assert text_of(page, "non-streaming-output").strip()
+        assert page.evaluate("localStorage.getItem('tokenspout.apiKey')") == "sekrit"
+        # With the key known, the header names the model (GET /v1/models needs the key too).
+        page.wait_for_function(
+            "document.querySelector('[data-testid=model-name]').textContent.trim() !== '…'",
+            timeout=WAIT_MS,
+        )
+
+        # A reload keeps the key (localStorage): the field is shown and filled at once.
+        page.reload()
+        assert page.get_by_test_id("api-key").input_value() == "sekrit"
+
+
+def test_narrow_screen_stacks_the_panes(page: Page, base_url: str) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_demo(page, base_url, max_tokens=40)
+    page.get_by_role("button", name="Generate").click()
+    wait_generation_over(page)
+    assert text_of(page, "streaming-output").strip()
+
+    whole = page.get_by_test_id("non-streaming-pane").bounding_box()
+    streaming = page.get_by_test_id("streaming-pane").bounding_box()
+    assert whole is not None
+    assert streaming is not None
+    assert whole["y"] + whole["height"] <= streaming["y"]  # one under the other
+    assert abs(whole["x"] - streaming["x"]) < 1
+    assert whole["width"] <= 390
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-page-narrow.png"), full_page=True)
