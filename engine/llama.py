@@ -22,7 +22,7 @@ from engine.errors import ValidationError
 log = logging.getLogger("tokenspout.llama")
 
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
-_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}  # its info is chatty
 
 
 @C.llama_log_callback  # type: ignore[untyped-decorator]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Router, get, post
+from litestar import Response, Router, get, post
 from litestar.response import Stream
 
 from engine import ValidationError
@@ -48,11 +48,12 @@ async def generate_stream(request: AnyRequest) -> Stream:
 
 
 @post("/", status_code=200)
-async def compat_generate(request: AnyRequest) -> list[w.GenerateResponse] | Stream:
+async def compat_generate(request: AnyRequest) -> Response[list[w.GenerateResponse]] | Stream:
     """TGI's compatibility route: ``stream`` in the body picks the mode; a whole answer is a list."""
+    # (Annotated with Response, not a bare list, so that Litestar does not force JSON on the stream.)
     body = await _decoded(request)
     response = await _generate(request, body, streamed=body.stream)
-    return response if isinstance(response, Stream) else [response]
+    return response if isinstance(response, Stream) else Response([response])
 
 
 def info_of(s: Services) -> w.Info:
