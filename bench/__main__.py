@@ -18,6 +18,7 @@ import time
 import httpx
 import msgspec
 
+from bench import overload
 from bench.bare import PROMPT
 from bench.server import running_server
 from models import ensure_model
@@ -113,7 +114,11 @@ def main() -> None:
     four = statistics.median(h / b for h, b in zip(rows["http4"], rows["bare4"], strict=True))
     print(f"\nmedian ratio, 1 stream:  {one:.3f}  (goal >= 0.96)")
     print(f"median ratio, 4 streams: {four:.3f}  (goal >= 0.95)")
-    print(f"median time to first token, 1 stream: {statistics.median(rows['ttft']) * 1000:.0f} ms")
+    print(f"median time to first token, 1 stream: {statistics.median(rows['ttft']) * 1000:.0f} ms\n")
+    with running_server(
+        model, ["--threads", str(args.threads), "--parallel", "4", "--max-concurrent-requests", "4"]
+    ) as url:
+        overload.report(url, limit=4)
 
 
 if __name__ == "__main__":

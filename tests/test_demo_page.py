@@ -156,6 +156,7 @@ def test_overloaded_server_shows_a_busy_message(page: Page, start_server: Server
         body = {
             "messages": [{"role": "user", "content": LONG_PROMPT}],
             "max_tokens": 2000,
+            "ignore_eos": True,  # llama.cpp's extension: the request cannot end early and free the slot
             "stream": True,
         }
         # Hold the only admitted slot with a streaming request that stays open while the page tries.
