@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import msgspec
 from litestar import Response
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 
 from engine import GenerationError, OverloadedError, UnavailableError, ValidationError
 from server.state import AnyRequest
@@ -20,6 +20,9 @@ from server.state import AnyRequest
 log = logging.getLogger("tokenspout.server")
 
 RETRY_AFTER_SECONDS = "1"
+
+
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 
 
 class ClientGone(Exception):
@@ -33,20 +36,12 @@ class Problem(msgspec.Struct, frozen=True):
     param: str | None = None
 
 
-_MSGSPEC_PATH = re.compile(r"at `\$\.?([^`]*)`")
-
-
 def problem_from(exc: Exception, validation_status: int) -> Problem:
     """Classify any exception a route can raise. ``validation_status``: 422 for TGI, 400 for OpenAI."""
     if isinstance(exc, OverloadedError):
         return Problem(429, "Model is overloaded", "overloaded")
     if isinstance(exc, ValidationError):
         return Problem(validation_status, str(exc), "validation", exc.field)
-    if isinstance(exc, msgspec.ValidationError):
-        match = _MSGSPEC_PATH.search(str(exc))
-        return Problem(validation_status, str(exc), "validation", match.group(1) if match else None)
-    if isinstance(exc, msgspec.DecodeError):
-        return Problem(400, f"Malformed JSON body: {exc}", "validation")
     if isinstance(exc, UnicodeError):
         return Problem(400, "The body is not valid UTF-8", "validation")
     if isinstance(exc, UnavailableError):
@@ -55,6 +50,13 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         return Problem(500, str(exc), "generation")
     if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
         return Problem(499, "the client closed the request", "cancelled")
+    if isinstance(exc, ValidationException):  # Litestar could not decode the body into the wire model
+        details = exc.extra[0] if isinstance(exc.extra, list) and exc.extra else {}
+        key = details.get("key") if isinstance(details, dict) else None
+        message = str(details.get("message", exc.detail) if isinstance(details, dict) else exc.detail)
+        missing = _MISSING_FIELD.search(message)
+        param = missing.group(1) if missing else None if key in (None, "data") else str(key)
+        return Problem(400, f"{message} at `{param}`" if param else str(message), "validation", param)
     if isinstance(exc, NotAuthorizedException):
         return Problem(401, "Invalid or missing API key", "authentication")
     if isinstance(exc, HTTPException):

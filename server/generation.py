@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
 
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 
 from engine import Completion, EngineError, FinishEvent, RequestHandle, TokenEvent
@@ -22,6 +23,18 @@ class EventEncoder(Protocol):
     def token(self, event: TokenEvent) -> bytes | None: ...
     def finish(self, event: FinishEvent) -> bytes: ...
     def error(self, problem: Problem) -> bytes: ...
+
+
+def sse_response(event: type) -> dict[int, ResponseSpec]:
+    """OpenAPI: the 200 answer of a route that can stream, documented as the SSE event it sends."""
+    return {
+        200: ResponseSpec(
+            data_container=event,
+            media_type=SSE_MEDIA_TYPE,
+            description="With `stream: true`: one `data: <event JSON>` per token over Server-Sent Events. "
+            "Without: one JSON body.",
+        )
+    }
 
 
 def count_request(request: AnyRequest, metrics: Metrics) -> None:

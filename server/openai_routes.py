@@ -11,15 +11,17 @@ from server import openai_adapter as adapt
 from server import openai_wire as w
 from server.auth import require_api_key
 from server.errors import openai_exception_handler
-from server.generation import count_request, stream, whole
+from server.generation import count_request, sse_response, stream, whole
 from server.state import AnyRequest, services
 
 
-@post("/chat/completions", status_code=200)
-async def chat_completions(request: AnyRequest) -> Response[w.ChatCompletion] | Stream:
-    s = services(request)
+@post("/chat/completions", status_code=200, responses=sse_response(w.ChatCompletionChunk))
+async def chat_completions(
+    request: AnyRequest, data: w.ChatCompletionRequest
+) -> Response[w.ChatCompletion] | Stream:
+    """Chat completion; with ``stream: true``, ``chat.completion.chunk`` events over SSE."""
+    s, body = services(request), data
     count_request(request, s.metrics)
-    body = w.chat_request_decoder.decode(await request.body())
     prompt = s.engine.tokenize(s.engine.render_chat(adapt.chat_messages(body)), add_special=False)
     handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits))
     model = body.model or s.engine.model_id
@@ -30,11 +32,11 @@ async def chat_completions(request: AnyRequest) -> Response[w.ChatCompletion] | 
     return Response(adapt.chat_completion(model, await whole(request, handle, s.metrics), body.logprobs))
 
 
-@post("/completions", status_code=200)
-async def completions(request: AnyRequest) -> Response[w.Completion] | Stream:
-    s = services(request)
+@post("/completions", status_code=200, responses=sse_response(w.Completion))
+async def completions(request: AnyRequest, data: w.CompletionRequest) -> Response[w.Completion] | Stream:
+    """Text completion; with ``stream: true``, ``text_completion`` events over SSE."""
+    s, body = services(request), data
     count_request(request, s.metrics)
-    body = w.completion_request_decoder.decode(await request.body())
     handle = s.engine.submit(adapt.completion_request(body, s.engine.tokenize, s.limits))
     model = body.model or s.engine.model_id
     logprobs = body.logprobs is not None

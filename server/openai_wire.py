@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta, Struct
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
@@ -178,7 +177,3 @@ class ErrorDetail(Struct):
 
 class ErrorBody(Struct):
     error: ErrorDetail
-
-
-chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
-completion_request_decoder = msgspec.json.Decoder(CompletionRequest)

@@ -10,7 +10,7 @@ from server import tgi_adapter as adapt
 from server import tgi_wire as w
 from server.auth import require_api_key
 from server.errors import tgi_exception_handler
-from server.generation import count_request, stream, whole
+from server.generation import count_request, sse_response, stream, whole
 from server.state import AnyRequest, Services, services
 from server.version import VERSION
 
@@ -19,6 +19,7 @@ async def _generate(
     request: AnyRequest, body: w.GenerateRequest, streamed: bool
 ) -> w.GenerateResponse | Stream:
     s = services(request)
+    count_request(request, s.metrics)
     engine_request = adapt.generation_request(body, s.engine.tokenize, s.limits)
     handle = s.engine.submit(engine_request)
     if streamed:
@@ -28,31 +29,29 @@ async def _generate(
     return adapt.generate_response(engine_request, body.inputs, result, body.parameters)
 
 
-async def _decoded(request: AnyRequest) -> w.GenerateRequest:
-    count_request(request, services(request).metrics)
-    return w.generate_decoder.decode(await request.body())
-
-
 @post("/generate", status_code=200)
-async def generate(request: AnyRequest) -> w.GenerateResponse:
-    response = await _generate(request, await _decoded(request), streamed=False)
+async def generate(request: AnyRequest, data: w.GenerateRequest) -> w.GenerateResponse:
+    """Generate a whole answer."""
+    response = await _generate(request, data, streamed=False)
     assert isinstance(response, w.GenerateResponse)
     return response
 
 
-@post("/generate_stream", status_code=200)
-async def generate_stream(request: AnyRequest) -> Stream:
-    response = await _generate(request, await _decoded(request), streamed=True)
+@post("/generate_stream", status_code=200, responses=sse_response(w.StreamResponse))
+async def generate_stream(request: AnyRequest, data: w.GenerateRequest) -> Stream:
+    """Generate, streaming one ``StreamResponse`` event per token over SSE."""
+    response = await _generate(request, data, streamed=True)
     assert isinstance(response, Stream)
     return response
 
 
-@post("/", status_code=200)
-async def compat_generate(request: AnyRequest) -> Response[list[w.GenerateResponse]] | Stream:
+@post("/", status_code=200, responses=sse_response(w.StreamResponse))
+async def compat_generate(
+    request: AnyRequest, data: w.GenerateRequest
+) -> Response[list[w.GenerateResponse]] | Stream:
     """TGI's compatibility route: ``stream`` in the body picks the mode; a whole answer is a list."""
     # (Annotated with Response, not a bare list, so that Litestar does not force JSON on the stream.)
-    body = await _decoded(request)
-    response = await _generate(request, body, streamed=body.stream)
+    response = await _generate(request, data, streamed=data.stream)
     return response if isinstance(response, Stream) else Response([response])
 
 
@@ -83,8 +82,9 @@ async def info(request: AnyRequest) -> w.Info:
 
 
 @post("/tokenize", status_code=200)
-async def tokenize(request: AnyRequest) -> list[w.SimpleToken]:
-    body = w.tokenize_decoder.decode(await request.body())
+async def tokenize(request: AnyRequest, data: w.TokenizeRequest) -> list[w.SimpleToken]:
+    """The tokens of ``inputs``, with the character span each covers."""
+    body = data
     if not body.inputs:
         raise ValidationError("Input validation error: `inputs` cannot be empty", "inputs")
     return adapt.tokenize_response(services(request).engine.token_spans(body.inputs))

@@ -100,7 +100,3 @@ class Info(Struct):
     version: str
     sha: str | None
     docker_label: str | None
-
-
-generate_decoder = msgspec.json.Decoder(GenerateRequest)
-tokenize_decoder = msgspec.json.Decoder(TokenizeRequest)

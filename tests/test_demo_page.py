@@ -165,8 +165,12 @@ def test_overloaded_server_shows_a_busy_message(page: Page, start_server: Server
             client.stream("POST", "/v1/chat/completions", json=body) as response,
         ):
             assert response.status_code == 200
-            first = next(line for line in response.iter_lines() if line.startswith("data:"))
+            # Keep the iterator referenced: a discarded generator is closed, and closing it closes the
+            # connection (httpcore), which cancels the request and frees the slot at once.
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data:"))
             assert "chat.completion.chunk" in first
+            assert metrics(url)["tokenspout_requests_admitted"] == 1
 
             page.get_by_role("button", name="Generate").click()
             wait_generation_over(page)
@@ -175,6 +179,10 @@ def test_overloaded_server_shows_a_busy_message(page: Page, start_server: Server
                 assert "The server is busy (overloaded): try again in 1 s" in status, status
                 assert page.get_by_test_id(f"{pane}-status").get_attribute("data-state") == "busy"
             assert text_of(page, "streaming-output") == ""
+            assert text_of(page, "non-streaming-output") == ""
+            assert metrics(url)["tgi_request_failure{err=overloaded}"] == 2
+            # The holding request was never disturbed: its stream goes on.
+            assert next(line for line in lines if line).startswith("data:")
         # Leaving the block closed the holding request: the server cancels it and frees the slot.
         assert wait_until_idle(url, timeout=20)["tokenspout_requests_admitted"] == 0
 

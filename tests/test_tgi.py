@@ -104,7 +104,7 @@ def test_empty_inputs_and_malformed_json(client: httpx.Client) -> None:
     bad = client.post("/generate", content=b'{"inputs": ')
     assert bad.status_code == 400 and bad.json()["error_type"] == "validation"
     wrong_type = client.post("/generate", json={"inputs": 3})
-    assert wrong_type.status_code == 422 and "inputs" in wrong_type.json()["error"]
+    assert wrong_type.status_code == 400 and "inputs" in wrong_type.json()["error"]
 
 
 def test_info_health_and_tokenize(client: httpx.Client) -> None:
