@@ -18,7 +18,7 @@ from engine.chat import ChatMessage, ChatTemplate
 from engine.errors import OverloadedError, UnavailableError, ValidationError
 from engine.handle import RequestHandle
 from engine.llama import Context, Model
-from engine.scheduler import Cancel, Probe, Scheduler, Sequence, Submit
+from engine.scheduler import AbortAll, Cancel, Probe, Scheduler, Sequence, Submit
 from engine.types import GenerationRequest
 
 log = logging.getLogger("tokenspout.engine")
@@ -68,6 +68,7 @@ class Engine:
         self._admitted = 0
         self._ids = itertools.count(1)
         self._accepting = False
+        self._refusal = "the engine is not running"
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,8 +76,14 @@ class Engine:
         self._scheduler.start(asyncio.get_running_loop())
         self._accepting = True
 
-    def stop_admitting(self) -> None:
+    def stop_admitting(self, reason: str = "the server is shutting down") -> None:
+        """Refuse new requests (UnavailableError) while those in flight go on: the start of a drain."""
         self._accepting = False
+        self._refusal = reason
+
+    def abort_all(self, reason: str) -> None:
+        """End every request in flight with UnavailableError(reason), at the next step."""
+        self._scheduler.commands.put(AbortAll(UnavailableError(reason)))
 
     def close(self) -> None:
         self._accepting = False
@@ -108,7 +115,7 @@ class Engine:
         """Admit ``request`` or raise at once: OverloadedError past the limit, UnavailableError when
         the engine is not running, ValidationError when the request cannot fit the context."""
         if not self.healthy:
-            raise UnavailableError("the engine is not running")
+            raise UnavailableError(self._refusal)
         if self._admitted >= self.config.max_concurrent_requests:
             raise OverloadedError(self.config.max_concurrent_requests)
         if not request.prompt_tokens:

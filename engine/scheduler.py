@@ -98,11 +98,17 @@ class Probe(msgspec.Struct):
     result: Future[object]
 
 
+class AbortAll(msgspec.Struct):
+    """End every request, running or waiting, with ``error``."""
+
+    error: BaseException
+
+
 class Stop(msgspec.Struct):
     pass
 
 
-Command = Submit | Cancel | Probe | Stop
+Command = Submit | Cancel | Probe | AbortAll | Stop
 
 
 class Scheduler:
@@ -172,6 +178,11 @@ class Scheduler:
             self.waiting.append(command.sequence)
         elif isinstance(command, Cancel):
             self._cancel(command.handle)
+        elif isinstance(command, AbortAll):
+            for seq in [*self.running]:
+                self._fail(seq, command.error)
+            while self.waiting:
+                self._emit(self.waiting.popleft(), ErrorEvent(command.error))
         elif isinstance(command, Probe):
             try:
                 command.result.set_result(command.query())
@@ -306,9 +317,9 @@ class Scheduler:
         self.running.remove(seq)
         self._release(seq)
 
-    def _fail(self, seq: Sequence, reason: str) -> None:
-        log.warning("request %d failed: %s", seq.handle.request_id, reason)
-        self._emit(seq, ErrorEvent(GenerationError(reason)))
+    def _fail(self, seq: Sequence, error: str | BaseException) -> None:
+        log.warning("request %d failed: %s", seq.handle.request_id, error)
+        self._emit(seq, ErrorEvent(GenerationError(error) if isinstance(error, str) else error))
         self.running.remove(seq)
         self._release(seq)
 

@@ -149,6 +149,13 @@ def main() -> None:
     help="Origins allowed by CORS (repeat the flag for several). CORS is off unless set.",
 )
 @_option(
+    "--shutdown-timeout",
+    envvar="SHUTDOWN_TIMEOUT",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    help="On SIGTERM, seconds to let running requests finish (new ones get 503) before ending them.",
+)
+@_option(
     "--log-level",
     envvar="LOG_LEVEL",
     default="info",

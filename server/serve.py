@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+import time
 from pathlib import Path
+from types import FrameType
 
 import msgspec
 import uvicorn
@@ -32,6 +36,7 @@ class ServeOptions(msgspec.Struct, frozen=True):
     max_stop_sequences: int
     payload_limit: int
     cors_allow_origins: tuple[str, ...]
+    shutdown_timeout: float
     log_level: str
 
 
@@ -63,13 +68,62 @@ def run(o: ServeOptions) -> int:
     )
     app = create_app(engine, settings)
     log.info("serving %s on http://%s:%d", engine.model_id, o.host, o.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=o.host,
         port=o.port,
         log_level=o.log_level,
         http="httptools",
         loop="uvloop",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=10,  # after our own drain: a backstop, not the policy
     )
+    DrainingServer(config, engine, o.shutdown_timeout).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM or Ctrl-C, drain before exiting: new requests get 503 (in their route's shape) and
+    /health turns 503, requests in flight run to completion for up to ``drain_seconds``, then the rest
+    end with an error event. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.engine = engine
+        self.drain_seconds = drain_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not calling super(): uvicorn would re-raise the signal after shutting down, and a drained
+        # server should exit 0.
+        if self._draining or self._loop is None:
+            self.should_exit = self.force_exit = True
+            return
+        self._draining = True
+        self.engine.stop_admitting()
+        self._loop.call_soon_threadsafe(lambda: self._loop and self._loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        in_flight = self.engine.stats().admitted
+        log.info(
+            "draining %d request(s) for up to %.0f s (signal again to stop at once)",
+            in_flight,
+            self.drain_seconds,
+        )
+        if not await self._until_idle(self.drain_seconds):
+            log.warning("ending %d request(s) still running", self.engine.stats().admitted)
+            self.engine.abort_all("the server is shutting down")
+            await self._until_idle(5.0)
+        self.should_exit = True
+
+    async def _until_idle(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.engine.stats().admitted:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
