@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 
@@ -20,33 +20,42 @@ def free_port() -> int:
         return port
 
 
-@contextlib.contextmanager
-def running_server(
-    model: str, flags: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """Yield the base URL of a ``tokenspout serve`` subprocess once /health answers 200."""
+def spawn(
+    model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``tokenspout serve`` in a subprocess and return it with its base URL once /health is 200."""
     port = free_port()
     command = [sys.executable, "-m", "server", "serve", "--model", model, "--port", str(port), *flags]
     process = subprocess.Popen(command, env={**os.environ, **(env or {})})
     base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return process, base_url
+        if time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError("the server did not become healthy in 120 s")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 45) -> int:
+    """SIGTERM (a graceful drain), then SIGKILL if it takes longer than ``timeout``; the exit code."""
+    process.terminate()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with code {process.returncode}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy in 120 s")
-            time.sleep(0.1)
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+@contextlib.contextmanager
+def running_server(model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield the base URL of a ``tokenspout serve`` subprocess; stop it afterwards."""
+    process, base_url = spawn(model, flags, env)
+    try:
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

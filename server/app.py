@@ -10,7 +10,8 @@ from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 
 from engine import Engine
-from server.errors import openai_exception_handler
+from server.auth import require_api_key
+from server.errors import exception_handler
 from server.metrics import CONTENT_TYPE
 from server.openai_routes import openai_router
 from server.state import AnyRequest, ServerSettings, Services, services
@@ -20,7 +21,7 @@ from server.version import VERSION
 DEMO_PAGE = files("server").joinpath("static/index.html").read_bytes()
 
 
-@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
+@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False, opt={"public": True})
 def demo_page() -> bytes:
     """The side-by-side demo: the same prompt streamed and not streamed. Open to all, like /health."""
     return DEMO_PAGE
@@ -32,7 +33,7 @@ async def metrics(request: AnyRequest) -> bytes:
     return await services(request).metrics.render()
 
 
-@get("/health", sync_to_thread=False)
+@get("/health", sync_to_thread=False, opt={"public": True})
 def health(request: AnyRequest) -> Response[dict[str, str]]:
     """200 once the model is loaded and the engine runs; 503 otherwise."""
     if services(request).engine.healthy:
@@ -58,7 +59,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
         on_startup=[start_engine],
         on_shutdown=[stop_engine],
         request_max_body_size=settings.payload_limit,
-        exception_handlers={Exception: openai_exception_handler},
+        exception_handlers={Exception: exception_handler},
+        guards=[require_api_key],
         cors_config=cors,
         openapi_config=OpenAPIConfig(title="tokenspout", version=VERSION),
     )

@@ -1,4 +1,5 @@
-"""``--api-key``: a Litestar guard on every API route (not /health, not the demo page's files)."""
+"""``--api-key``: a Litestar guard on every route but those marked ``opt={"public": True}`` (/health and
+the demo page)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     expected: bytes | None = connection.app.state.api_key
-    if expected is None:
+    if expected is None or handler.opt.get("public"):
         return
     header = connection.headers.get("authorization", "")
     scheme, _sep, token = header.partition(" ")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 
 import msgspec
 from litestar import Response
@@ -94,17 +93,12 @@ def _headers(problem: Problem) -> dict[str, str]:
     return {"Retry-After": RETRY_AFTER_SECONDS} if problem.status in (429, 503) else {}
 
 
-def exception_handler(
-    body: Callable[[Problem], dict[str, object]], validation_status: int
-) -> Callable[[AnyRequest, Exception], Response[object]]:
-    def handle(request: AnyRequest, exc: Exception) -> Response[object]:
-        problem = problem_from(exc, validation_status)
-        if request.state.get("counted"):  # a generation request: count how it failed
-            request.app.state.services.metrics.failure(problem.kind)
-        return Response(body(problem), status_code=problem.status, headers=_headers(problem))
-
-    return handle
-
-
-openai_exception_handler = exception_handler(openai_body, 400)
-tgi_exception_handler = exception_handler(tgi_body, 422)
+def exception_handler(request: AnyRequest, exc: Exception) -> Response[object]:
+    """Every error of every route: OpenAI's shape under /v1, TGI's everywhere else (TGI's own routes,
+    /metrics, /health, unknown paths)."""
+    openai = request.url.path.startswith("/v1/")
+    problem = problem_from(exc, validation_status=400 if openai else 422)
+    if request.state.get("counted"):  # a generation request: count how it failed
+        request.app.state.services.metrics.failure(problem.kind)
+    body = openai_body(problem) if openai else tgi_body(problem)
+    return Response(body, status_code=problem.status, headers=_headers(problem))

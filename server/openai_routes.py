@@ -9,8 +9,6 @@ from litestar.response import Stream
 
 from server import openai_adapter as adapt
 from server import openai_wire as w
-from server.auth import require_api_key
-from server.errors import openai_exception_handler
 from server.generation import count_request, sse_response, stream, whole
 from server.state import AnyRequest, services
 
@@ -58,6 +56,4 @@ async def list_models(request: AnyRequest) -> w.ModelList:
 openai_router = Router(
     path="/v1",
     route_handlers=[chat_completions, completions, list_models],
-    exception_handlers={Exception: openai_exception_handler},
-    guards=[require_api_key],
 )

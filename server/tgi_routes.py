@@ -8,8 +8,6 @@ from litestar.response import Stream
 from engine import ValidationError
 from server import tgi_adapter as adapt
 from server import tgi_wire as w
-from server.auth import require_api_key
-from server.errors import tgi_exception_handler
 from server.generation import count_request, sse_response, stream, whole
 from server.state import AnyRequest, Services, services
 from server.version import VERSION
@@ -93,6 +91,4 @@ async def tokenize(request: AnyRequest, data: w.TokenizeRequest) -> list[w.Simpl
 tgi_router = Router(
     path="/",
     route_handlers=[generate, generate_stream, compat_generate, info, tokenize],
-    exception_handlers={Exception: tgi_exception_handler},
-    guards=[require_api_key],
 )

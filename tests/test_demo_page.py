@@ -4,6 +4,7 @@ real server: streaming text shows up before the non-streaming answer, Stop frees
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, Route, expect, sync_playwright
 
 from tests.conftest import ServerFactory
 from tests.helpers import metrics, wait_until_idle
@@ -82,6 +83,18 @@ def wait_text(page: Page, selector: str, min_chars: int = 1) -> None:
     )
 
 
+# Counts every change to the text of each output, to tell "piece by piece" from "all at once".
+COUNT_TEXT_CHANGES = """() => {
+  window.textChanges = {stream: 0, whole: 0};
+  for (const [name, id] of [["stream", "streaming-output"], ["whole", "non-streaming-output"]]) {
+    const node = document.querySelector(`[data-testid=${id}]`);
+    new MutationObserver((records) => {
+      window.textChanges[name] += records.filter((r) => r.type === "characterData").length;
+    }).observe(node, {characterData: true, subtree: true});
+  }
+}"""
+
+
 def wait_generation_over(page: Page) -> None:
     """Generate is enabled again once both requests have ended, one way or another."""
     page.wait_for_function("!document.querySelector('[data-testid=generate]').disabled", timeout=WAIT_MS)
@@ -93,6 +106,7 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
         "document.querySelector('[data-testid=model-name]').textContent.trim() !== '…'", timeout=WAIT_MS
     )
     assert text_of(page, "model-name").strip()
+    page.evaluate(COUNT_TEXT_CHANGES)
     page.get_by_role("button", name="Generate").click()
     assert page.get_by_role("button", name="Stop").is_enabled()
 
@@ -120,6 +134,10 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
     # Without streaming the first text comes with the whole answer: its TTFT is its total time.
     assert text_of(page, "non-streaming-ttft") == text_of(page, "non-streaming-total")
     assert page.get_by_test_id("summary").is_visible()
+    # The streaming pane grew piece by piece; the other got its text in one go.
+    changes = page.evaluate("window.textChanges")
+    assert changes["whole"] == 1, changes
+    assert changes["stream"] >= 10, changes
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
@@ -134,8 +152,7 @@ def test_stop_aborts_both_requests_and_frees_the_slot(page: Page, start_server: 
 
         page.get_by_role("button", name="Stop").click()
         for pane in ("streaming", "non-streaming"):
-            status = page.get_by_test_id(f"{pane}-status")
-            status.filter(has_text="Stopped").wait_for(timeout=WAIT_MS)
+            expect(page.get_by_test_id(f"{pane}-status")).to_contain_text("Stopped", timeout=WAIT_MS)
         wait_generation_over(page)
         assert page.get_by_role("button", name="Stop").is_disabled()
         assert text_of(page, "non-streaming-output") == ""
@@ -237,3 +254,40 @@ def test_narrow_screen_stacks_the_panes(page: Page, base_url: str) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "demo-page-narrow.png"), full_page=True)
+
+
+def test_stream_parsing_edge_cases_and_errors_are_shown(page: Page, base_url: str) -> None:
+    """Answers crafted in the browser (no model): CRLF line endings, ``data:`` without a space,
+    multi-byte characters, comments, then an error event mid-stream; a 500 for the other request."""
+
+    def chunk(content: str) -> str:
+        choice = {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": None}
+        return json.dumps({"object": "chat.completion.chunk", "choices": [choice], "usage": None})
+
+    error = {"error": {"message": "the engine failed", "type": "server_error", "param": None, "code": None}}
+    events = [
+        ": a comment line\r\n\r\n",
+        f"data: {chunk('Hé ')}\r\n\r\n",
+        f"data:{chunk('🌊 <b>waves</b>')}\n\n",
+        f"data: {json.dumps(error)}\n\n",
+        "data: [DONE]\n\n",
+    ]
+
+    def answer(route: Route) -> None:
+        body = route.request.post_data_json
+        assert body is not None
+        if body["stream"]:
+            assert body["stream_options"] == {"include_usage": True}
+            route.fulfill(status=200, content_type="text/event-stream", body="".join(events))
+        else:
+            route.fulfill(status=500, content_type="application/json", json=error)
+
+    page.route("**/v1/chat/completions", answer)
+    open_demo(page, base_url, max_tokens=10)
+    page.get_by_role("button", name="Generate").click()
+    wait_generation_over(page)
+    assert text_of(page, "streaming-output") == "Hé 🌊 <b>waves</b>"  # text, never parsed as HTML
+    assert page.locator("[data-testid=streaming-output] b").count() == 0
+    assert text_of(page, "streaming-status") == "Error during generation: the engine failed"
+    assert text_of(page, "non-streaming-status") == "Error 500: the engine failed"
+    assert text_of(page, "non-streaming-output") == ""
