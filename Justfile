@@ -53,3 +53,8 @@ browser:
 fmt: setup
     {{ bin }}/ruff format .
     {{ bin }}/ruff check --fix .
+
+# A few hundred mixed requests (both protocols, vanishing clients, bursts) and a leak check
+soak *flags: setup
+    {{ bin }}/tokenspout models pull
+    {{ bin }}/python -m bench.soak {{ flags }}
