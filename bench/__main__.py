@@ -18,7 +18,7 @@ import time
 import httpx
 import msgspec
 
-from bench import overload
+from bench import overload, stall
 from bench.bare import PROMPT
 from bench.server import running_server
 from models import ensure_model
@@ -119,6 +119,7 @@ def main() -> None:
         model, ["--threads", str(args.threads), "--parallel", "4", "--max-concurrent-requests", "4"]
     ) as url:
         overload.report(url, limit=4)
+        stall.report(url)
 
 
 if __name__ == "__main__":
