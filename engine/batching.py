@@ -15,13 +15,24 @@ MIN_CHUNK = 8  # always make progress, even when a token is measured to cost mor
 
 
 def chunk_budget(
-    n_decoding: int, max_batch: int, max_chunk: int, seconds_per_token: float | None, target_seconds: float
+    n_decoding: int,
+    max_batch: int,
+    max_chunk: int,
+    seconds_per_token: float | None,
+    target_seconds: float,
+    *,
+    fresh_prompt: bool = False,
 ) -> int:
-    """Prompt tokens the next step may carry beside ``n_decoding`` decode tokens."""
+    """Prompt tokens the next step may carry beside ``n_decoding`` decode tokens.
+
+    ``fresh_prompt``: the prompt first in line has not started. Its first chunk is a small probe,
+    because a prompt token's cost depends on the prompt (longer context, dearer attention) and the
+    estimate may come from cheaper ones; the probe's step measures the real cost first.
+    """
     room = max_batch - n_decoding
     if n_decoding == 0:
         return room
-    if seconds_per_token is None:  # nothing measured yet: be careful
+    if seconds_per_token is None or fresh_prompt:
         return min(room, MIN_CHUNK)
     affordable = int(target_seconds / seconds_per_token) - n_decoding
     return max(0, min(room, max_chunk, max(MIN_CHUNK, affordable)))
@@ -40,6 +51,9 @@ def plan_prefill(remaining: Sequence[int], budget: int) -> list[int]:
     return plan
 
 
-def smooth(previous: float | None, sample: float, weight: float = 0.3) -> float:
-    """Exponentially weighted moving average; the first sample is taken as is."""
-    return sample if previous is None else previous + weight * (sample - previous)
+def track_cost(previous: float | None, sample: float, weight: float = 0.2) -> float:
+    """Fast attack, slow release: a dearer sample is believed at once (a stall is what we avoid), a
+    cheaper one only gradually (an exponentially weighted moving average)."""
+    if previous is None or sample > previous:
+        return sample
+    return previous + weight * (sample - previous)

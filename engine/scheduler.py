@@ -20,7 +20,7 @@ from concurrent.futures import Future
 
 import msgspec
 
-from engine.batching import chunk_budget, plan_prefill, smooth
+from engine.batching import chunk_budget, plan_prefill, track_cost
 from engine.errors import GenerationError
 from engine.handle import RequestHandle, deliver
 from engine.llama import Context
@@ -244,9 +244,11 @@ class Scheduler:
                 self._sample(seq)
 
     def _measure(self, batch: list[Sequence], seconds: float) -> None:
+        """Learn what a prompt token costs from the steps the budget is for: decode plus prefill."""
         n_tokens = sum(seq.step_tokens for seq in batch)
-        if n_tokens > len(batch):  # some prompt tokens were in it: a sample of the prefill cost
-            self.seconds_per_prompt_token = smooth(self.seconds_per_prompt_token, seconds / n_tokens)
+        decoding = any(seq.prefilled and seq.step_tokens == 1 for seq in batch)
+        if decoding and n_tokens > len(batch):
+            self.seconds_per_prompt_token = track_cost(self.seconds_per_prompt_token, seconds / n_tokens)
 
     def _fill_batch(self) -> list[Sequence]:
         """Write this step's tokens into the batch buffer; returns the sequences in it, oldest first."""
@@ -267,6 +269,7 @@ class Scheduler:
             self.prefill_chunk,
             self.seconds_per_prompt_token,
             self.step_target_seconds,
+            fresh_prompt=bool(prefilling) and prefilling[0].n_cached == 0,
         )
         plan = plan_prefill([len(s.prompt) - s.n_cached for s in prefilling], budget)
         for seq, take in zip(prefilling, plan, strict=True):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.batching import MIN_CHUNK, chunk_budget, plan_prefill, smooth
+from engine.batching import MIN_CHUNK, chunk_budget, plan_prefill, track_cost
 from engine.limits import resolve_max_tokens
 
 
@@ -31,9 +31,17 @@ def test_plan_is_first_come_first_served() -> None:
     assert plan_prefill([], 10) == []
 
 
-def test_smooth_starts_from_the_first_sample() -> None:
-    assert smooth(None, 2.0) == 2.0
-    assert smooth(2.0, 4.0, weight=0.5) == 3.0
+def test_a_fresh_prompt_starts_with_a_probe_chunk() -> None:
+    assert (
+        chunk_budget(2, 512, 512, seconds_per_token=1e-4, target_seconds=0.1, fresh_prompt=True) == MIN_CHUNK
+    )
+    assert chunk_budget(0, 512, 512, seconds_per_token=1e-4, target_seconds=0.1, fresh_prompt=True) == 512
+
+
+def test_cost_tracking_believes_dearer_samples_at_once_and_cheaper_ones_slowly() -> None:
+    assert track_cost(None, 2.0) == 2.0
+    assert track_cost(2.0, 5.0) == 5.0
+    assert track_cost(5.0, 1.0, weight=0.5) == 3.0
 
 
 def test_max_tokens_defaults_to_what_the_context_leaves() -> None:
