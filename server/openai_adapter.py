@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from engine import (
     ChatMessage,
@@ -137,39 +139,24 @@ def new_id(prefix: str) -> str:
 # -- chat ----------------------------------------------------------------------------------------
 
 
-class ChatStream:
-    """Turns engine events into ``chat.completion.chunk`` SSE frames (a small state machine)."""
+Choice = TypeVar("Choice", w.ChunkChoice, w.CompletionChoice)
 
-    __slots__ = ("_base", "_include_usage", "_logprobs", "_role_sent")
 
-    def __init__(self, model: str, *, include_usage: bool, logprobs: bool) -> None:
-        self._base = (new_id("chatcmpl"), int(time.time()), model)
+class _Stream(ABC, Generic[Choice]):
+    """What both OpenAI streams share: ids, the closing usage chunk and ``[DONE]``, error events."""
+
+    __slots__ = ("_created", "_id", "_include_usage", "_logprobs", "_model")
+
+    def __init__(self, prefix: str, model: str, *, include_usage: bool, logprobs: bool) -> None:
+        self._id, self._created, self._model = new_id(prefix), int(time.time()), model
         self._include_usage = include_usage
         self._logprobs = logprobs
-        self._role_sent = False
 
-    def _chunk(self, choices: list[w.ChunkChoice], usage: w.UsageOut | None = None) -> bytes:
-        cid, created, model = self._base
-        return frame(w.ChatCompletionChunk(cid, created, model, choices, usage=usage))
+    @abstractmethod
+    def _chunk(self, choices: list[Choice], usage: w.UsageOut | None) -> bytes:
+        """One SSE frame in this stream's envelope (chat chunk or text completion)."""
 
-    def token(self, event: TokenEvent) -> bytes | None:
-        """The frame for one token, or None when it makes nothing visible yet."""
-        if not event.text and not self._logprobs:
-            return None
-        role = None if self._role_sent else "assistant"
-        self._role_sent = True
-        logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
-        return self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=event.text), logprobs)])
-
-    def finish(self, event: FinishEvent) -> bytes:
-        frames = []
-        last = event.token
-        if last.text or self._logprobs or not self._role_sent:
-            role = None if self._role_sent else "assistant"
-            logprobs = w.ChoiceLogprobs([_token_logprob(last)]) if self._logprobs else None
-            self._role_sent = True
-            frames.append(self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=last.text), logprobs)]))
-        frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, finish_reason(event.reason))]))
+    def _close(self, event: FinishEvent, frames: list[bytes]) -> bytes:
         if self._include_usage:
             frames.append(self._chunk([], usage(event)))
         frames.append(DONE)
@@ -177,6 +164,35 @@ class ChatStream:
 
     def error(self, problem: Problem) -> bytes:
         return frame(openai_body(problem)) + DONE
+
+
+class ChatStream(_Stream[w.ChunkChoice]):
+    """Turns engine events into ``chat.completion.chunk`` SSE frames (a small state machine)."""
+
+    __slots__ = ("_role_sent",)
+
+    def __init__(self, model: str, *, include_usage: bool, logprobs: bool) -> None:
+        super().__init__("chatcmpl", model, include_usage=include_usage, logprobs=logprobs)
+        self._role_sent = False
+
+    def _chunk(self, choices: list[w.ChunkChoice], usage: w.UsageOut | None) -> bytes:
+        return frame(w.ChatCompletionChunk(self._id, self._created, self._model, choices, usage=usage))
+
+    def token(self, event: TokenEvent) -> bytes | None:
+        """The frame for one token, or None when it shows nothing new (the first one always carries
+        the role)."""
+        if self._role_sent and not event.text and not self._logprobs:
+            return None
+        role = None if self._role_sent else "assistant"
+        self._role_sent = True
+        logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
+        return self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=event.text), logprobs)], None)
+
+    def finish(self, event: FinishEvent) -> bytes:
+        last = self.token(event.token)
+        frames = [last] if last is not None else []
+        frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, finish_reason(event.reason))], None))
+        return self._close(event, frames)
 
 
 def chat_completion(model: str, result: Completion, logprobs: bool) -> w.ChatCompletion:
@@ -203,39 +219,30 @@ def _completion_logprobs(
     return w.CompletionLogprobs(texts, values, tops, offsets)
 
 
-class CompletionStream:
+class CompletionStream(_Stream[w.CompletionChoice]):
     """Turns engine events into ``text_completion`` SSE frames."""
 
-    __slots__ = ("_base", "_include_usage", "_logprobs", "_offset")
+    __slots__ = ("_offset",)
 
     def __init__(self, model: str, *, include_usage: bool, logprobs: bool) -> None:
-        self._base = (new_id("cmpl"), int(time.time()), model)
-        self._include_usage = include_usage
-        self._logprobs = logprobs
+        super().__init__("cmpl", model, include_usage=include_usage, logprobs=logprobs)
         self._offset = 0
 
-    def _chunk(self, choices: list[w.CompletionChoice], usage: w.UsageOut | None = None) -> bytes:
-        cid, created, model = self._base
-        return frame(w.Completion(cid, created, model, choices, usage=usage))
+    def _chunk(self, choices: list[w.CompletionChoice], usage: w.UsageOut | None) -> bytes:
+        return frame(w.Completion(self._id, self._created, self._model, choices, usage=usage))
+
+    def _text(self, event: TokenEvent, reason: str | None) -> bytes:
+        logprobs = _completion_logprobs([event], self._offset) if self._logprobs else None
+        self._offset += len(event.text)
+        return self._chunk([w.CompletionChoice(0, event.text, reason, logprobs)], None)
 
     def token(self, event: TokenEvent) -> bytes | None:
         if not event.text and not self._logprobs:
             return None
-        logprobs = _completion_logprobs([event], self._offset) if self._logprobs else None
-        self._offset += len(event.text)
-        return self._chunk([w.CompletionChoice(0, event.text, None, logprobs)])
+        return self._text(event, None)
 
     def finish(self, event: FinishEvent) -> bytes:
-        last = event.token
-        logprobs = _completion_logprobs([last], self._offset) if self._logprobs else None
-        frames = [self._chunk([w.CompletionChoice(0, last.text, finish_reason(event.reason), logprobs)])]
-        if self._include_usage:
-            frames.append(self._chunk([], usage(event)))
-        frames.append(DONE)
-        return b"".join(frames)
-
-    def error(self, problem: Problem) -> bytes:
-        return frame(openai_body(problem)) + DONE
+        return self._close(event, [self._text(event.token, finish_reason(event.reason))])
 
 
 def text_completion(model: str, result: Completion, logprobs: bool) -> w.Completion:
