@@ -145,7 +145,10 @@ class Engine:
         )
 
     async def kv_cells_used(self) -> int:
-        """KV cells in use right now, read by the scheduler thread between two steps."""
+        """KV cells in use right now, read by the scheduler thread between two steps (0 when the
+        scheduler is not running, as nothing can hold a cell then)."""
+        if not self._scheduler.alive:
+            return 0
         result: Future[object] = Future()
         self._scheduler.commands.put(Probe(lambda: self.context.used_cells(self.config.n_parallel), result))
         cells = await asyncio.wrap_future(result)

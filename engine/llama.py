@@ -114,10 +114,10 @@ class Model:
         pieces = [self._render(t, special=True) for t in tokens]
         if self.add_bos and tokens and tokens[0] == self.bos and not text.encode().startswith(pieces[0]):
             pieces[0] = b""
-        if b"".join(pieces) != text.encode("utf-8", "surrogatepass"):
+        if b"".join(pieces) != utf8(text):
             # The tokenizer rewrote the text (a leading space, say): offsets of the rendered pieces.
             return _running_spans(tokens, pieces)
-        char_ends = list(itertools.accumulate(len(c.encode("utf-8", "surrogatepass")) for c in text))
+        char_ends = list(itertools.accumulate(len(c.encode()) for c in text))
         spans, at = [], 0
         for token, piece in zip(tokens, pieces, strict=True):
             first = bisect.bisect_right(char_ends, at)
@@ -127,7 +127,7 @@ class Model:
         return spans
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8", "surrogatepass")
+        data = utf8(text)
         capacity = len(data) + 16
         tokens = (C.llama_token * capacity)()
         n = C.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
@@ -138,6 +138,15 @@ class Model:
         if n < 0:
             raise ValidationError("the prompt could not be tokenized", "prompt")
         return list(tokens[:n])
+
+
+def utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 (and no token) can stand for it
+        raise ValidationError(
+            f"the text is not valid Unicode: {exc.reason} at {exc.start}", "prompt"
+        ) from exc
 
 
 def _running_spans(tokens: list[int], pieces: list[bytes]) -> list[tuple[int, str, int, int]]:

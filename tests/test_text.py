@@ -69,3 +69,12 @@ def test_a_character_left_unfinished_at_the_end_is_dropped() -> None:
     stream = TextStream()
     assert stream.push("ok🐙".encode()[:-1]) == "ok"
     assert stream.flush() == ""
+
+
+def test_lone_surrogates_are_refused_before_they_reach_llama_cpp() -> None:
+    from engine import ValidationError
+    from engine.llama import utf8
+
+    with pytest.raises(ValidationError):
+        utf8("ok \ud800")
+    assert utf8("é") == b"\xc3\xa9"
