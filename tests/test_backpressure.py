@@ -101,7 +101,7 @@ def test_a_burst_of_three_times_the_limit_refuses_exactly_the_excess(start_serve
         for status, arrivals in results:
             if status == 200 and len(arrivals) > 2:  # an admitted stream kept flowing through the rejections
                 gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-                assert max(gaps) < 1.0
+                assert max(gaps) < 2.0  # tokens normally come every ~30 ms; a stall would show
         final = wait_until_idle(url)
         assert final["tokenspout_requests_admitted"] == 0 and final["tokenspout_slots_free"] == 2
         assert final["tgi_request_failure{err=overloaded}"] == 2 * limit
