@@ -28,7 +28,7 @@ def decode_rate(model_path: str, threads: int, n_seq: int, n_tokens: int, n_ctx:
     model = C.llama_model_load_from_file(model_path.encode(), C.llama_model_default_params())
     vocab = C.llama_model_get_vocab(model)
     params = C.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 512
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 32
     params.n_seq_max, params.kv_unified = 4, True  # the server's context shape
     params.n_threads = params.n_threads_batch = threads
     params.no_perf = True

@@ -31,6 +31,10 @@ class EngineConfig(msgspec.Struct, frozen=True):
     n_threads: int = 2
     n_gpu_layers: int = 0
     n_batch: int = 512
+    # llama.cpp's CPU kernels take other, differently rounded paths from 64 rows per micro-batch on,
+    # so a row's logits would depend on what else shares its batch. Staying under that keeps greedy
+    # decoding one text whether a request runs alone or beside others (the guide's contract).
+    n_ubatch: int = 32
     prefill_chunk: int = 512  # at most this many prompt tokens per step while other streams decode
     step_target_ms: float = 100.0  # and only as many as fit in a step of about this long
     max_concurrent_requests: int = 128
@@ -53,6 +57,7 @@ class Engine:
             n_ctx=config.n_ctx,
             n_seq=config.n_parallel,
             n_batch=config.n_batch,
+            n_ubatch=config.n_ubatch,
             n_threads=config.n_threads,
         )
         self.chat_template = ChatTemplate(

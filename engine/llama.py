@@ -162,11 +162,13 @@ def _running_spans(tokens: list[int], pieces: list[bytes]) -> list[tuple[int, st
 class Context:
     """A llama context whose KV cache of ``n_ctx`` cells is shared by ``n_seq`` sequences."""
 
-    def __init__(self, model: Model, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int) -> None:
+    def __init__(
+        self, model: Model, *, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int, n_threads: int
+    ) -> None:
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ubatch = min(n_ubatch, n_batch)
         params.n_seq_max = n_seq
         params.kv_unified = True  # one pool of cells for all slots, as --ctx-size promises
         params.n_threads = n_threads

@@ -100,6 +100,14 @@ def main() -> None:
     help="Most tokens in one llama_decode call.",
 )
 @_option(
+    "--ubatch-size",
+    envvar="UBATCH_SIZE",
+    type=click.IntRange(min=1),
+    default=32,
+    help="Rows per physical micro-batch. On CPU, llama.cpp rounds differently from 64 rows on, so up to "
+    "63 a request's greedy text does not depend on what else is in its batch; larger can prefill faster.",
+)
+@_option(
     "--step-target-ms",
     envvar="STEP_TARGET_MS",
     type=click.FloatRange(min=1),

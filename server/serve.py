@@ -29,6 +29,7 @@ class ServeOptions(msgspec.Struct, frozen=True):
     threads: int
     n_gpu_layers: int
     batch_size: int
+    ubatch_size: int
     step_target_ms: float
     api_key: str | None
     max_input_tokens: int | None
@@ -51,6 +52,7 @@ def run(o: ServeOptions) -> int:
                 n_threads=o.threads,
                 n_gpu_layers=o.n_gpu_layers,
                 n_batch=min(o.batch_size, o.ctx_size),
+                n_ubatch=o.ubatch_size,
                 step_target_ms=o.step_target_ms,
                 max_concurrent_requests=o.max_concurrent_requests,
             )

@@ -124,19 +124,29 @@ def test_greedy_streamed_text_equals_non_streamed_text(base_url: str) -> None:
     assert "".join(pieces) == completion.choices[0].text
 
 
+LONG_PROMPT = (
+    "Summarize this in one sentence: The lighthouse stood on the northern cliff for two hundred years. "
+    "Its keepers changed with the generations, but the lamp was lit every night, through storms, wars "
+    "and quiet summers, and ships far out at sea steered by it without ever knowing who kept it burning."
+)
+
+
 def test_four_greedy_requests_batched_together_match_each_alone(base_url: str) -> None:
+    # One prompt is long enough (over 64 tokens) that prefilling it alone or beside others takes
+    # different llama.cpp kernel paths unless the engine keeps its micro-batches small.
     prompts = [
-        "Name three fruits.",
+        LONG_PROMPT,
         "What is the capital of Italy?",
         "Write one sentence about cats.",
-        "Count from one to five in words.",
+        "Name three fruits.",
     ]
     alone = [chat_text(base_url, p, max_tokens=40, temperature=0) for p in prompts]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        together = list(
-            pool.map(lambda p: streamed_chat_text(base_url, p, max_tokens=40, temperature=0)[0], prompts)
-        )
-    assert together == alone
+    for _ in range(2):
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(
+                pool.map(lambda p: streamed_chat_text(base_url, p, max_tokens=40, temperature=0)[0], prompts)
+            )
+        assert together == alone
     assert len(set(alone)) == 4
 
 
