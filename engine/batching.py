@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-MIN_CHUNK = 8  # always make progress, even when a token is measured to cost more than the target
+# Always make progress, even when a token is measured to cost more than the target. Small, because
+# late in a long prompt a token can cost 25 ms on a small CPU, and the floor is what a step costs then.
+MIN_CHUNK = 4
 
 
 def chunk_budget(
