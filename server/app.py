@@ -63,4 +63,5 @@ def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
         guards=[require_api_key],
         cors_config=cors,
         openapi_config=OpenAPIConfig(title="tokenspout", version=VERSION),
+        logging_config=None,  # keep the one format `tokenspout serve` set up, not a second one
     )
