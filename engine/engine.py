@@ -127,7 +127,7 @@ class Engine:
             raise ValidationError("the prompt is empty", "prompt")
         if len(request.prompt_tokens) + request.max_tokens > self.n_ctx:
             raise ValidationError("the prompt and max_tokens do not fit the context", "max_tokens")
-        handle = RequestHandle(next(self._ids), len(request.prompt_tokens), self._cancel, self._ended)
+        handle = RequestHandle(next(self._ids), self._cancel, self._ended)
         self._admitted += 1
         self._scheduler.commands.put(Submit(Sequence(request, handle)))
         return handle

@@ -19,17 +19,15 @@ class RequestHandle:
     token); raises the engine error
     of a failed generation. ``cancel()`` (or closing an unfinished stream) frees the slot."""
 
-    __slots__ = ("_events", "_finished", "_on_cancel", "_on_end", "_waiter", "n_prompt", "request_id")
+    __slots__ = ("_events", "_finished", "_on_cancel", "_on_end", "_waiter", "request_id")
 
     def __init__(
         self,
         request_id: int,
-        n_prompt: int,
         on_cancel: Callable[[RequestHandle], None],
         on_end: Callable[[RequestHandle], None],
     ) -> None:
         self.request_id = request_id
-        self.n_prompt = n_prompt
         self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._finished = False
@@ -72,9 +70,6 @@ class RequestHandle:
         if not self._finished:
             self._end()
             self._on_cancel(self)
-
-    async def aclose(self) -> None:
-        self.cancel()
 
     async def collect(self) -> Completion:
         """Wait for the whole generation. If the waiting task is cancelled, so is the generation."""

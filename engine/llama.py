@@ -196,9 +196,6 @@ class Context:
         """Free every KV cell of ``seq_id``."""
         C.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
-    def clear(self) -> None:
-        C.llama_memory_clear(self.memory, True)
-
     def used_cells(self, n_seq: int) -> int:
         """KV cells in use, summed over sequences (positions are contiguous from 0 in each)."""
         total = 0

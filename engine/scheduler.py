@@ -117,7 +117,6 @@ class Scheduler:
     ) -> None:
         self.context = context
         self.model = context.model
-        self.n_slots = n_slots
         self.prefill_chunk = prefill_chunk
         self.step_target_seconds = step_target_seconds
         self.seconds_per_prompt_token: float | None = None  # measured on steps that prefill
