@@ -115,9 +115,9 @@ def main() -> None:
     print(f"\nmedian ratio, 1 stream:  {one:.3f}  (goal >= 0.96)")
     print(f"median ratio, 4 streams: {four:.3f}  (goal >= 0.95)")
     print(f"median time to first token, 1 stream: {statistics.median(rows['ttft']) * 1000:.0f} ms\n")
-    with running_server(
-        model, ["--threads", str(args.threads), "--parallel", "4", "--max-concurrent-requests", "4"]
-    ) as url:
+    # 2,048 cells per slot, so that the stall probe's 1,358-token prompt fits one slot
+    busy = ["--threads", str(args.threads), "--parallel", "4", "--max-concurrent-requests", "4"]
+    with running_server(model, [*busy, "--ctx-size", "8192"]) as url:
         overload.report(url, limit=4)
         stall.report(url)
 

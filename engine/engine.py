@@ -101,8 +101,9 @@ class Engine:
         return self._accepting and self._scheduler.alive
 
     @property
-    def n_ctx(self) -> int:
-        return self.context.n_ctx
+    def n_ctx_slot(self) -> int:
+        """KV cells of one slot: the most tokens (prompt and generated) one request can hold."""
+        return self.context.n_ctx_slot
 
     # -- requests ----------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -125,8 +126,8 @@ class Engine:
             raise OverloadedError(self.config.max_concurrent_requests)
         if not request.prompt_tokens:
             raise ValidationError("the prompt is empty", "prompt")
-        if len(request.prompt_tokens) + request.max_tokens > self.n_ctx:
-            raise ValidationError("the prompt and max_tokens do not fit the context", "max_tokens")
+        if len(request.prompt_tokens) + request.max_tokens > self.n_ctx_slot:
+            raise ValidationError("the prompt and max_tokens do not fit a slot's context", "max_tokens")
         handle = RequestHandle(next(self._ids), self._cancel, self._ended)
         self._admitted += 1
         self._scheduler.commands.put(Submit(Sequence(request, handle)))

@@ -23,7 +23,7 @@ def resolve_max_tokens(
     if n_prompt > max_input:
         raise ValidationError(
             f"`{prompt_field}` has {n_prompt} tokens, more than the {max_input} allowed "
-            f"(max_input_tokens; the context holds {max_total})",
+            f"(max_input_tokens; a request holds at most {max_total} tokens)",
             prompt_field,
         )
     room = max_total - n_prompt

@@ -160,7 +160,20 @@ def _running_spans(tokens: list[int], pieces: list[bytes]) -> list[tuple[int, st
 
 
 class Context:
-    """A llama context whose KV cache of ``n_ctx`` cells is shared by ``n_seq`` sequences."""
+    """A llama context whose KV cache of ``n_ctx`` cells is shared out evenly among ``n_seq`` slots.
+
+    Greedy decoding must give one text whether a request runs alone or beside others (the guide's
+    contract), so a row's logits must not depend on what else is in the cache. Two choices see to it:
+
+    - Each slot has its own stream of cells (``kv_unified = False``). In one shared pool, llama.cpp
+      fills the holes a finished request leaves, so a running sequence's next token can land in a
+      cell below its earlier ones; flash attention then sums the cells in another order and rounds
+      differently. In its own stream, a sequence starts at cell 0 (freeing it moves the stream's head
+      back there) and grows upwards, exactly as when it runs alone.
+    - The cache is Q8_0. With F16 cells, a micro-batch of one row (a request decoding alone) takes a
+      split-KV attention path once the stream passes 256 cells, which rounds differently from the path
+      a batch of several rows takes. Quantized cells take one path always, and Q8_0 costs no speed.
+    """
 
     def __init__(
         self, model: Model, *, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int, n_threads: int
@@ -170,7 +183,8 @@ class Context:
         params.n_batch = n_batch
         params.n_ubatch = min(n_ubatch, n_batch)
         params.n_seq_max = n_seq
-        params.kv_unified = True  # one pool of cells for all slots, as --ctx-size promises
+        params.kv_unified = False
+        params.type_k = params.type_v = C.GGML_TYPE_Q8_0
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
@@ -179,6 +193,7 @@ class Context:
             raise RuntimeError("llama.cpp could not create a context (is --ctx-size too large?)")
         self.model = model
         self.n_ctx: int = C.llama_n_ctx(self.ptr)
+        self.n_ctx_slot: int = C.llama_n_ctx_seq(self.ptr)  # n_ctx / n_seq, rounded up to 256 cells
         self.n_batch: int = C.llama_n_batch(self.ptr)
         self.memory = C.llama_get_memory(self.ptr)
         self.batch = Batch(self.n_batch)

@@ -224,17 +224,11 @@ class Scheduler:
         started = time.perf_counter()
         code = self.context.decode()
         self._measure(batch, time.perf_counter() - started)
-        while code == 1 and len(batch) > 1:
-            # No KV cells left for this batch: fail the youngest sequence and retry without it.
-            # (llama.cpp restores the cache on this code, so the retry starts clean.)
-            victim = batch[-1]
-            self._fail(victim, "the KV cache is full (raise --ctx-size or lower --parallel)")
-            batch = self._fill_batch()
-            code = self.context.decode() if batch else 0
         if code != 0:
-            reason = "the KV cache is full" if code == 1 else f"llama_decode failed with code {code}"
+            # Admission keeps every request within its slot's cells, so this is llama.cpp failing
+            # (out of memory, a backend error): fail this batch's requests, keep serving the rest.
             for seq in batch:
-                self._fail(seq, reason)
+                self._fail(seq, f"llama_decode failed with code {code}")
             return
         self.steps += 1
         for seq in batch:
@@ -305,7 +299,7 @@ class Scheduler:
         text = seq.text.push(self.model.piece(token))
         if seq.text.stopped:
             self._finish(seq, TokenEvent(token, text, logprob, False, top), FinishReason.STOP_SEQUENCE)
-        elif seq.n_generated >= request.max_tokens or seq.n_cached >= self.context.n_ctx:
+        elif seq.n_generated >= request.max_tokens or seq.n_cached >= self.context.n_ctx_slot:
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.LENGTH)
         else:

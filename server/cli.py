@@ -76,7 +76,8 @@ def main() -> None:
     envvar="CTX_SIZE",
     type=click.IntRange(min=64),
     default=4096,
-    help="KV cache size in tokens, shared by the slots.",
+    help="KV cache size in tokens, shared out evenly among the slots (rounded up to 256 per slot): "
+    "one request holds at most CTX_SIZE / PARALLEL tokens.",
 )
 @_option(
     "--threads",

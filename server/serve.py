@@ -69,6 +69,7 @@ def run(o: ServeOptions) -> int:
         cors_allow_origins=o.cors_allow_origins,
     )
     app = create_app(engine, settings)
+    log.info("KV cache: %d cells, %d per slot", engine.context.n_ctx, engine.n_ctx_slot)
     log.info("serving %s on http://%s:%d", engine.model_id, o.host, o.port)
     config = uvicorn.Config(
         app,

@@ -39,7 +39,7 @@ class Services:
         self.engine = engine
         self.settings = settings
         self.metrics = Metrics(engine)
-        total = min(settings.max_total_tokens or engine.n_ctx, engine.n_ctx)
+        total = min(settings.max_total_tokens or engine.n_ctx_slot, engine.n_ctx_slot)
         max_input = min(settings.max_input_tokens or total - 1, total - 1)
         self.limits = Limits(max_input, total, settings.max_stop_sequences)
 

@@ -35,7 +35,7 @@ def start_server(model_path: str) -> ServerFactory:
 
 @pytest.fixture(scope="session")
 def base_url(start_server: ServerFactory) -> Iterator[str]:
-    """One shared server with the default settings (4 slots, 4096-token context)."""
+    """One shared server with the default settings (4 slots of 1,024 cells: a 4,096-cell cache)."""
     with start_server() as url:
         yield url
 

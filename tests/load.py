@@ -15,7 +15,7 @@ from tests.helpers import metrics
 
 LONG = {
     "prompt": "Write a very long story about the sea.",
-    "max_tokens": 3000,
+    "max_tokens": 900,
     "ignore_eos": True,
     "stream": True,
 }

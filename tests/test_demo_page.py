@@ -144,7 +144,7 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
 
 def test_stop_aborts_both_requests_and_frees_the_slot(page: Page, start_server: ServerFactory) -> None:
     with start_server() as url:
-        open_demo(page, url, max_tokens=1500)
+        open_demo(page, url, max_tokens=900)
         page.get_by_role("button", name="Generate").click()
         wait_text(page, OUTPUT, 20)
         assert metrics(url)["tokenspout_requests_admitted"] == 2  # both requests are being served
@@ -171,7 +171,7 @@ def test_overloaded_server_shows_a_busy_message(page: Page, start_server: Server
         open_demo(page, url, max_tokens=50)
         body = {
             "messages": [{"role": "user", "content": LONG_PROMPT}],
-            "max_tokens": 2000,
+            "max_tokens": 900,
             "ignore_eos": True,  # llama.cpp's extension: the request cannot end early and free the slot
             "stream": True,
         }
