@@ -163,7 +163,8 @@ class Context:
     """A llama context whose KV cache of ``n_ctx`` cells is shared out evenly among ``n_seq`` slots.
 
     Greedy decoding must give one text whether a request runs alone or beside others (the guide's
-    contract), so a row's logits must not depend on what else is in the cache. Two choices see to it:
+    contract), so a row's logits must not depend on what else is in the cache. Besides micro-batches
+    under 64 rows (``EngineConfig.n_ubatch``), two choices see to it:
 
     - Each slot has its own stream of cells (``kv_unified = False``). In one shared pool, llama.cpp
       fills the holes a finished request leaves, so a running sequence's next token can land in a
@@ -172,7 +173,8 @@ class Context:
       back there) and grows upwards, exactly as when it runs alone.
     - The cache is Q8_0. With F16 cells, a micro-batch of one row (a request decoding alone) takes a
       split-KV attention path once the stream passes 256 cells, which rounds differently from the path
-      a batch of several rows takes. Quantized cells take one path always, and Q8_0 costs no speed.
+      a batch of several rows takes. Quantized cells take one path always; Q8_0 cost no speed or
+      perplexity here (docs/design.md has the figures).
     """
 
     def __init__(

@@ -121,6 +121,8 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
 
     wait_generation_over(page)
     assert text_of(page, "streaming-output").strip()
+    # One seed for both requests and batch-independent logits: the same sampled text in both panes.
+    assert text_of(page, "streaming-output") == text_of(page, "non-streaming-output")
     assert not page.get_by_test_id("non-streaming-waiting").is_visible()
     assert page.get_by_role("button", name="Stop").is_disabled()
     for pane in ("streaming", "non-streaming"):

@@ -124,9 +124,11 @@ def test_greedy_streamed_text_equals_non_streamed_text(base_url: str) -> None:
     assert "".join(pieces) == completion.choices[0].text
 
 
-def greedy_trace(base_url: str, prompt: str, max_tokens: int, stream: bool) -> list[tuple[str, float]]:
+def token_trace(
+    base_url: str, prompt: str, max_tokens: int, stream: bool, sampling: dict[str, Any]
+) -> list[tuple[str, float]]:
     """(token, logprob) of every generated token: logprobs expose any change in a row's logits."""
-    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0, "logprobs": True}
+    params: dict[str, Any] = {"max_tokens": max_tokens, "logprobs": True, **sampling}
     create = sdk(base_url).chat.completions.create
     if not stream:
         reply = create(model="any", messages=user(prompt), stream=False, **params)
@@ -141,7 +143,7 @@ def greedy_trace(base_url: str, prompt: str, max_tokens: int, stream: bool) -> l
 
 # Different lengths, so that neighbours finish and leave while the others still decode, and one
 # prompt of over 256 tokens, whose attention spans more than one block of 256 cells.
-BATCHED_GREEDY = [
+BATCHED_CASES = [
     ("Name three fruits.", 8),
     ("What is the capital of Italy?", 48),
     ("Summarize in one sentence: " + "The river flows past the old mill and the quiet town. " * 25, 32),
@@ -149,11 +151,14 @@ BATCHED_GREEDY = [
 ]
 
 
-def test_four_greedy_requests_batched_together_match_each_alone(base_url: str) -> None:
-    alone = [greedy_trace(base_url, prompt, n, stream=False) for prompt, n in BATCHED_GREEDY]
+@pytest.mark.parametrize(
+    "sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 7}], ids=["greedy", "seeded"]
+)
+def test_four_requests_batched_together_match_each_alone(base_url: str, sampling: dict[str, Any]) -> None:
+    alone = [token_trace(base_url, prompt, n, False, sampling) for prompt, n in BATCHED_CASES]
     for _ in range(2):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            streams = [pool.submit(greedy_trace, base_url, prompt, n, True) for prompt, n in BATCHED_GREEDY]
+            streams = [pool.submit(token_trace, base_url, p, n, True, sampling) for p, n in BATCHED_CASES]
             together = [stream.result() for stream in streams]
         assert together == alone  # the same tokens with bit-identical logprobs
     assert len({tuple(trace) for trace in alone}) == 4
