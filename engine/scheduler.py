@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import queue
 import threading
@@ -122,8 +123,9 @@ class Scheduler:
         self.seconds_per_prompt_token: float | None = None  # measured on steps that prefill
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.free_slots = list(range(n_slots - 1, -1, -1))
+        self.running: list[Sequence] = []  # in admission order
+        self.slots: list[Sequence | None] = [None] * n_slots  # the running ones by slot = KV stream
+        self.free_slots = list(range(n_slots))  # a heap: the lowest free slot is taken first
         self.steps = 0
         self._outbox: list[tuple[RequestHandle, Event]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,14 +208,16 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
-            seq.slot = self.free_slots.pop()
+            seq.slot = heapq.heappop(self.free_slots)
+            self.slots[seq.slot] = seq
             seq.admitted = time.perf_counter()
             seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
             self.running.append(seq)
 
     def _release(self, seq: Sequence) -> None:
         self.context.forget(seq.slot)
-        self.free_slots.append(seq.slot)
+        self.slots[seq.slot] = None
+        heapq.heappush(self.free_slots, seq.slot)
         seq.slot = -1
         if seq.sampler is not None:
             seq.sampler.close()
@@ -244,20 +248,16 @@ class Scheduler:
             self.seconds_per_prompt_token = track_cost(self.seconds_per_prompt_token, seconds / n_tokens)
 
     def _fill_batch(self) -> list[Sequence]:
-        """Write this step's tokens into the batch buffer; returns the sequences in it, oldest first."""
+        """Write this step's tokens into the batch buffer; returns the sequences in it, by slot.
+
+        Prefill budget goes to the oldest prompts first, but rows are written in slot order: llama.cpp
+        cuts a batch into micro-batches of consecutive slots (one KV stream each) in the order they
+        come, so slot order keeps a step to as few micro-batches as possible (one, when all decode).
+        """
+        prefilling = [seq for seq in self.running if not seq.prefilled]
         buffer = self.context.batch
-        buffer.clear()
-        members: list[Sequence] = []
-        prefilling: list[Sequence] = []
-        for seq in self.running:
-            if seq.prefilled:
-                seq.row = buffer.add(seq.next_token, seq.n_cached, seq.slot, True)
-                seq.step_tokens = 1
-                members.append(seq)
-            else:
-                prefilling.append(seq)
         budget = chunk_budget(
-            len(members),
+            len(self.running) - len(prefilling),
             buffer.capacity,
             self.prefill_chunk,
             self.seconds_per_prompt_token,
@@ -266,13 +266,20 @@ class Scheduler:
         )
         plan = plan_prefill([len(s.prompt) - s.n_cached for s in prefilling], budget)
         for seq, take in zip(prefilling, plan, strict=True):
-            if take == 0:
-                continue
-            stop = seq.n_cached + take
-            complete = stop == len(seq.prompt)
-            last_row = buffer.add_span(seq.prompt, seq.n_cached, stop, seq.slot, complete)
-            seq.row = last_row if complete else -1
             seq.step_tokens = take
+        buffer.clear()
+        members: list[Sequence] = []
+        for seq in filter(None, self.slots):
+            if seq.prefilled:
+                seq.row = buffer.add(seq.next_token, seq.n_cached, seq.slot, True)
+                seq.step_tokens = 1
+            elif seq.step_tokens:
+                stop = seq.n_cached + seq.step_tokens
+                complete = stop == len(seq.prompt)
+                last_row = buffer.add_span(seq.prompt, seq.n_cached, stop, seq.slot, complete)
+                seq.row = last_row if complete else -1
+            else:
+                continue
             members.append(seq)
         buffer.seal()
         return members
