@@ -29,8 +29,9 @@ def decode_rate(model_path: str, threads: int, n_seq: int, n_tokens: int, n_ctx:
     vocab = C.llama_model_get_vocab(model)
     params = C.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 32
-    params.n_seq_max, params.kv_unified = 4, False  # the server's context shape: a stream per slot,
-    params.type_k = params.type_v = C.GGML_TYPE_Q8_0  # Q8_0 cells
+    # the server's context shape: 4 slots, a KV stream each, Q8_0 cells
+    params.n_seq_max, params.kv_unified = 4, False
+    params.type_k = params.type_v = C.GGML_TYPE_Q8_0
     params.n_threads = params.n_threads_batch = threads
     params.no_perf = True
     ctx = C.llama_init_from_model(model, params)

@@ -306,7 +306,7 @@ class Scheduler:
         text = seq.text.push(self.model.piece(token))
         if seq.text.stopped:
             self._finish(seq, TokenEvent(token, text, logprob, False, top), FinishReason.STOP_SEQUENCE)
-        elif seq.n_generated >= request.max_tokens or seq.n_cached >= self.context.n_ctx_slot:
+        elif seq.n_generated >= request.max_tokens:  # submit() made sure max_tokens fits the slot
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.LENGTH)
         else:

@@ -134,7 +134,7 @@ def main() -> None:
     envvar="MAX_TOTAL_TOKENS",
     type=click.IntRange(min=2),
     default=None,
-    help="Prompt + generated tokens per request. Default: the context size.",
+    help="Prompt + generated tokens per request. Default: one slot's share of the KV cache.",
 )
 @_option(
     "--max-stop-sequences",

@@ -26,7 +26,7 @@ class Limits:
 class ServerSettings(msgspec.Struct, frozen=True):
     api_key: str | None = None
     payload_limit: int = 2_000_000
-    max_input_tokens: int | None = None  # None: derived from the context size
+    max_input_tokens: int | None = None  # None: derived from one slot's share of the KV cache
     max_total_tokens: int | None = None
     max_stop_sequences: int = 4
     cors_allow_origins: tuple[str, ...] = ()
