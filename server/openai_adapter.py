@@ -26,6 +26,9 @@ from server import openai_wire as w
 from server.errors import Problem, openai_body
 from server.sse import DONE, frame
 from server.state import Limits
+from server.tool_formats import ToolFormat
+from server.tool_parser import CallArguments, CallStart, Content, Delta, ToolCallParser
+from server.tool_request import ChatPlan, history
 
 Tokenize = Callable[[str], list[int]]
 
@@ -35,17 +38,8 @@ def finish_reason(reason: FinishReason) -> str:
 
 
 def chat_messages(body: w.ChatCompletionRequest) -> tuple[ChatMessage, ...]:
-    if not body.messages:
-        raise ValidationError("`messages` must hold at least one message", "messages")
-    out = []
-    for i, message in enumerate(body.messages):
-        content = message.content
-        if isinstance(content, list):
-            content = "".join(part.text for part in content)
-        out.append(ChatMessage(role=message.role, content=content or ""))
-        if message.role != "assistant" and not out[-1].content:
-            raise ValidationError(f"`messages[{i}].content` must not be empty", f"messages[{i}].content")
-    return tuple(out)
+    """The conversation for a template without tool support (see ``tool_request.plan_chat``)."""
+    return tuple(history(body, ToolFormat.GENERIC))
 
 
 def stop_strings(stop: str | list[str] | None, limits: Limits) -> tuple[str, ...]:
@@ -71,7 +65,9 @@ def sampling(body: w.SamplingFields) -> SamplingParams:
     )
 
 
-def chat_request(body: w.ChatCompletionRequest, prompt: list[int], limits: Limits) -> GenerationRequest:
+def chat_request(
+    body: w.ChatCompletionRequest, prompt: list[int], limits: Limits, plan: ChatPlan | None = None
+) -> GenerationRequest:
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     top = body.top_logprobs or 0
@@ -85,6 +81,8 @@ def chat_request(body: w.ChatCompletionRequest, prompt: list[int], limits: Limit
         logprobs=body.logprobs,
         top_logprobs=top,
         ignore_eos=body.ignore_eos,
+        constraint=plan.constraint if plan else None,
+        special_text=plan.special_text if plan else False,
     )
 
 
@@ -166,40 +164,92 @@ class _Stream(ABC, Generic[Choice]):
         return frame(openai_body(problem)) + DONE
 
 
+def _tool_delta(delta: CallStart | CallArguments) -> w.ToolCallDelta:
+    if isinstance(delta, CallStart):
+        return w.ToolCallDelta(delta.index, w.FunctionDelta("", delta.name), delta.id, "function")
+    return w.ToolCallDelta(delta.index, w.FunctionDelta(delta.text))
+
+
+def _chat_finish_reason(reason: FinishReason, parser: ToolCallParser | None) -> str:
+    if parser is not None and parser.called and reason is not FinishReason.LENGTH:
+        return "tool_calls"
+    return finish_reason(reason)
+
+
 class ChatStream(_Stream[w.ChunkChoice]):
-    """Turns engine events into ``chat.completion.chunk`` SSE frames (a small state machine)."""
+    """Turns engine events into ``chat.completion.chunk`` SSE frames (a small state machine). With
+    ``tools`` set, the text goes through a :class:`ToolCallParser` first: content and each tool-call
+    delta go out in chunks of their own."""
 
-    __slots__ = ("_role_sent",)
+    __slots__ = ("_parser", "_role_sent")
 
-    def __init__(self, model: str, *, include_usage: bool, logprobs: bool) -> None:
+    def __init__(
+        self, model: str, *, include_usage: bool, logprobs: bool, tools: ToolFormat | None = None
+    ) -> None:
         super().__init__("chatcmpl", model, include_usage=include_usage, logprobs=logprobs)
         self._role_sent = False
+        self._parser = ToolCallParser(tools) if tools is not None else None
 
     def _chunk(self, choices: list[w.ChunkChoice], usage: w.UsageOut | None) -> bytes:
         return frame(w.ChatCompletionChunk(self._id, self._created, self._model, choices, usage=usage))
 
+    def _delta(self, delta: w.Delta, logprobs: w.ChoiceLogprobs | None) -> bytes:
+        if not self._role_sent:  # the first chunk always carries the role
+            delta.role, self._role_sent = "assistant", True
+        return self._chunk([w.ChunkChoice(0, delta, logprobs)], None)
+
     def token(self, event: TokenEvent) -> bytes | None:
-        """The frame for one token, or None when it shows nothing new (the first one always carries
-        the role)."""
+        """The frames for one token, or None when it shows nothing new."""
+        logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
+        if self._parser is not None:
+            return self._parsed(self._parser.push(event.text), logprobs)
         if self._role_sent and not event.text and not self._logprobs:
             return None
-        role = None if self._role_sent else "assistant"
-        self._role_sent = True
-        logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
-        return self._chunk([w.ChunkChoice(0, w.Delta(role=role, content=event.text), logprobs)], None)
+        return self._delta(w.Delta(content=event.text), logprobs)
+
+    def _parsed(self, deltas: list[Delta], logprobs: w.ChoiceLogprobs | None) -> bytes | None:
+        frames = []
+        for d in deltas:
+            if isinstance(d, Content):
+                frames.append(self._delta(w.Delta(content=d.text), logprobs))
+            else:
+                frames.append(self._delta(w.Delta(tool_calls=[_tool_delta(d)]), logprobs))
+            logprobs = None  # a token's logprobs go out once, with its first frame
+        if logprobs is not None:  # nothing visible, but the client asked for every token's logprob
+            frames.append(self._delta(w.Delta(), logprobs))
+        return b"".join(frames) if frames else None
 
     def finish(self, event: FinishEvent) -> bytes:
         last = self.token(event.token)
         frames = [last] if last is not None else []
-        frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, finish_reason(event.reason))], None))
+        if self._parser is not None:
+            tail = self._parsed(self._parser.finish(), None)
+            if tail is not None:
+                frames.append(tail)
+        reason = _chat_finish_reason(event.reason, self._parser)
+        frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, reason)], None))
         return self._close(event, frames)
 
 
-def chat_completion(model: str, result: Completion, logprobs: bool) -> w.ChatCompletion:
+def chat_completion(
+    model: str, result: Completion, logprobs: bool, tools: ToolFormat | None = None
+) -> w.ChatCompletion:
     choice_logprobs = w.ChoiceLogprobs([_token_logprob(t) for t in result.tokens]) if logprobs else None
-    choice = w.ChatChoice(
-        0, w.AssistantMessage(result.text), finish_reason(result.finish.reason), choice_logprobs
-    )
+    message = w.AssistantMessage(result.text)
+    parser = None
+    if tools is not None:
+        parser = ToolCallParser(tools)
+        deltas = parser.push(result.text) + parser.finish()
+        content = "".join(d.text for d in deltas if isinstance(d, Content))
+        message = w.AssistantMessage(content)
+        if parser.called:
+            message.content = content if content.strip() else None
+            message.tool_calls = [
+                w.ToolCallOut(call_id, w.FunctionCallOut(name, "".join(fragments)))
+                for call_id, name, fragments in parser.calls
+            ]
+    reason = _chat_finish_reason(result.finish.reason, parser)
+    choice = w.ChatChoice(0, message, reason, choice_logprobs)
     return w.ChatCompletion(new_id("chatcmpl"), int(time.time()), model, [choice], usage(result.finish))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -21,10 +21,64 @@ class TextPart(Struct):
     type: Literal["text"] = "text"
 
 
+class FunctionCallIn(Struct):
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+class ToolCallIn(Struct):
+    """A call of an earlier assistant turn, as the client sends the conversation back."""
+
+    id: str
+    function: FunctionCallIn
+    type: str = "function"
+
+
 class ChatMessageIn(Struct):
     role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns
+    tool_call_id: str | None = None  # tool results
+
+
+class FunctionDef(Struct):
+    name: str
+    description: str | None = None
+    parameters: dict[str, object] | None = None  # a JSON schema; none: the function takes nothing
+    strict: bool | None = None  # the arguments always match the schema, strict or not
+
+
+class ToolDef(Struct):
+    type: str  # only "function" is supported; anything else is refused naming the field
+    function: FunctionDef | None = None
+
+
+class ToolChoiceFunction(Struct):
+    name: str
+
+
+class ToolChoiceObject(Struct):
+    """``{"type": "function", "function": {"name"}}``; other types (``allowed_tools``, ``custom``) are
+    refused with the field named."""
+
+    type: str
+    function: ToolChoiceFunction | None = None
+
+
+ToolChoice = Literal["none", "auto", "required"] | ToolChoiceObject
+
+
+class JsonSchemaFormat(Struct):
+    name: str
+    description: str | None = None
+    schema: dict[str, object] | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(Struct):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(Struct):
@@ -57,6 +111,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
@@ -91,9 +149,25 @@ class ChoiceLogprobs(Struct):
     content: list[TokenLogprobOut]
 
 
+class FunctionDelta(Struct, omit_defaults=True):
+    arguments: str  # always sent: "" in a call's first delta, then each fragment
+    name: str | None = None
+
+
+class ToolCallDelta(Struct, omit_defaults=True):
+    """A call's first delta carries ``id``, ``type`` and ``function.name``; later ones only
+    ``index`` and an arguments fragment."""
+
+    index: int
+    function: FunctionDelta
+    id: str | None = None
+    type: str | None = None
+
+
 class Delta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(Struct):
@@ -112,9 +186,22 @@ class ChatCompletionChunk(Struct):
     usage: UsageOut | None = None
 
 
+class FunctionCallOut(Struct):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(Struct):
+    id: str
+    function: FunctionCallOut
+    type: str = "function"
+
+
 class AssistantMessage(Struct):
-    content: str
+    content: str | None  # null when the answer is only tool calls
     role: str = "assistant"
+    # Absent (not null or []) when there are none, as OpenAI sends it.
+    tool_calls: list[ToolCallOut] | UnsetType = UNSET
 
 
 class ChatChoice(Struct):

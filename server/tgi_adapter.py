@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from engine import (
     Completion,
+    Constraint,
     FinishEvent,
     GenerationRequest,
     SamplingParams,
@@ -18,6 +20,7 @@ from server.errors import Problem, tgi_body
 from server.openai_adapter import Tokenize
 from server.sse import frame
 from server.state import Limits
+from server.tool_formats import COMPACT
 
 MAX_TOP_N_TOKENS = 5
 
@@ -55,8 +58,33 @@ def validate(p: w.GenerateParameters, limits: Limits) -> None:
     if p.truncate is not None and not 0 < p.truncate <= limits.max_input_tokens:
         message = f"`truncate` must be strictly positive and less than {limits.max_input_tokens}"
         raise _invalid(f"{message}. Given: {p.truncate}", "truncate")
-    if p.grammar is not None:
-        raise _invalid("grammar is not supported by this server", "grammar")
+
+
+def grammar(g: w.Grammar | None) -> Constraint | None:
+    """TGI's ``grammar`` as an engine constraint; the engine refuses (naming ``grammar``) what
+    llguidance cannot enforce."""
+    if g is None:
+        return None
+    value = g.value
+    if g.type in ("json", "json_object"):  # TGI accepts the schema as an object or as its JSON text
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise _invalid(f"`grammar.value` is not JSON: {exc}", "grammar") from exc
+        if not isinstance(value, dict):
+            raise _invalid("`grammar.value` must be a JSON schema (an object)", "grammar")
+        return Constraint("json_schema", json.dumps({"x-guidance": COMPACT, **value}), "grammar")
+    if g.type == "json_schema":  # {"name"?, "schema"} as TGI 3 sends it
+        schema = value.get("schema") if isinstance(value, dict) else None
+        if not isinstance(schema, dict):
+            raise _invalid("`grammar.value.schema` must be a JSON schema (an object)", "grammar")
+        return Constraint("json_schema", json.dumps({"x-guidance": COMPACT, **schema}), "grammar")
+    if g.type == "regex":
+        if not isinstance(value, str) or not value:
+            raise _invalid("`grammar.value` must be a regular expression (a string)", "grammar")
+        return Constraint("regex", value, "grammar")
+    raise _invalid(f"`grammar.type` must be 'json', 'regex' or 'json_schema'. Given: {g.type!r}", "grammar")
 
 
 def sampling(p: w.GenerateParameters, seed: int) -> SamplingParams:
@@ -111,6 +139,7 @@ def generation_request(body: w.GenerateRequest, tokenize: Tokenize, limits: Limi
         stop=tuple(s for s in p.stop if s),
         logprobs=True,  # TGI always reports each token's logprob
         top_logprobs=top_n,
+        constraint=grammar(p.grammar),
     )
 
 

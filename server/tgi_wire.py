@@ -6,13 +6,22 @@ import msgspec
 from msgspec import Struct
 
 
+class Grammar(Struct):
+    """TGI's ``grammar``: ``{"type": "json", "value": <schema object or its JSON text>}``,
+    ``{"type": "regex", "value": "<pattern>"}`` or
+    ``{"type": "json_schema", "value": {"name"?, "schema"}}``."""
+
+    type: str
+    value: object = None
+
+
 class GenerateParameters(Struct, kw_only=True):
     best_of: int | None = None
     decoder_input_details: bool = False
     details: bool = False
     do_sample: bool = False
     frequency_penalty: float | None = None
-    grammar: object | None = None
+    grammar: Grammar | None = None
     max_new_tokens: int | None = None
     repetition_penalty: float | None = None
     return_full_text: bool | None = None
