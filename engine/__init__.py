@@ -7,6 +7,7 @@ from engine.handle import RequestHandle
 from engine.limits import resolve_max_tokens
 from engine.types import (
     Completion,
+    Constraint,
     FinishEvent,
     FinishReason,
     GenerationRequest,
@@ -19,6 +20,7 @@ from engine.types import (
 __all__ = [
     "ChatMessage",
     "Completion",
+    "Constraint",
     "Engine",
     "EngineConfig",
     "EngineError",

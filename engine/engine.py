@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from engine.chat import ChatMessage, ChatTemplate
+from engine.constraint import Grammars, Guide
 from engine.errors import OverloadedError, UnavailableError, ValidationError
 from engine.handle import RequestHandle
 from engine.llama import Context, Model
@@ -65,6 +66,7 @@ class Engine:
             bos_token=self.model.token_text(self.model.bos),
             eos_token=self.model.token_text(self.model.eos),
         )
+        self.grammars = Grammars(self.model)
         self.model_id = self.model.path.stem  # what clients see in /v1/models, as llama-server does
         self.model_type = self.model.description
         self._scheduler = Scheduler(
@@ -119,7 +121,8 @@ class Engine:
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Admit ``request`` or raise at once: OverloadedError past the limit, UnavailableError when
-        the engine is not running, ValidationError when the request cannot fit the context."""
+        the engine is not running, ValidationError when the request cannot fit the context or its
+        constraint cannot be enforced."""
         if not self.healthy:
             raise UnavailableError(self._refusal)
         if self._admitted >= self.config.max_concurrent_requests:
@@ -128,9 +131,12 @@ class Engine:
             raise ValidationError("the prompt is empty", "prompt")
         if len(request.prompt_tokens) + request.max_tokens > self.n_ctx_slot:
             raise ValidationError("the prompt and max_tokens do not fit a slot's context", "max_tokens")
+        guide = None
+        if request.constraint is not None:
+            guide = Guide(self.grammars.compile(request.constraint), self.model.n_vocab)
         handle = RequestHandle(next(self._ids), self._cancel, self._ended)
         self._admitted += 1
-        self._scheduler.commands.put(Submit(Sequence(request, handle)))
+        self._scheduler.commands.put(Submit(Sequence(request, handle, guide)))
         return handle
 
     def _cancel(self, handle: RequestHandle) -> None:

@@ -63,6 +63,7 @@ class Model:
         self.eos: int = C.llama_vocab_eos(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
         self._pieces: list[bytes | None] = [None] * self.n_vocab
+        self._special_pieces: list[bytes | None] = [None] * self.n_vocab
         self._piece_buf = ctypes.create_string_buffer(256)
 
     @property
@@ -96,6 +97,13 @@ class Model:
         cached = self._pieces[token]
         if cached is None:
             cached = self._pieces[token] = self._render(token, special=False)
+        return cached
+
+    def special_piece(self, token: int) -> bytes:
+        """Like :meth:`piece`, but special tokens render as their text (``<|python_tag|>``). Cached."""
+        cached = self._special_pieces[token]
+        if cached is None:
+            cached = self._special_pieces[token] = self._render(token, special=True)
         return cached
 
     def _render(self, token: int, special: bool) -> bytes:

@@ -33,7 +33,7 @@ class Sampler:
 
 def _stages(p: SamplingParams, n_vocab: int) -> list[object]:
     stages: list[object] = []
-    if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+    if p.penalized:
         stages.append(
             C.llama_sampler_init_penalties(
                 n_vocab, p.penalty_last_n, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
@@ -55,11 +55,11 @@ def _stages(p: SamplingParams, n_vocab: int) -> list[object]:
     return stages
 
 
-def log_softmax_at(logits: npt.NDArray[np.float32], token: int) -> tuple[float, npt.NDArray[np.float32]]:
-    """log p(token) under the model's raw distribution, and the log-probabilities of every token."""
+def log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The log-probability of every token under the model's raw distribution (a new array)."""
     shifted = logits - logits.max()
-    logprobs = shifted - np.log(np.exp(shifted).sum())
-    return float(logprobs[token]), logprobs
+    logprobs: npt.NDArray[np.float32] = shifted - np.log(np.exp(shifted).sum())
+    return logprobs
 
 
 def top_tokens(logprobs: npt.NDArray[np.float32], n: int) -> list[tuple[int, float]]:

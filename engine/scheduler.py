@@ -22,10 +22,11 @@ from concurrent.futures import Future
 import msgspec
 
 from engine.batching import chunk_budget, plan_prefill, track_cost
+from engine.constraint import Guide
 from engine.errors import GenerationError
 from engine.handle import RequestHandle, deliver
 from engine.llama import Context
-from engine.sampling import Sampler, log_softmax_at, top_tokens
+from engine.sampling import Sampler, log_softmax, top_tokens
 from engine.text import TextStream
 from engine.types import (
     ErrorEvent,
@@ -49,6 +50,7 @@ class Sequence:
         "admitted",
         "cancelled",
         "first_token",
+        "guide",
         "handle",
         "n_cached",
         "n_generated",
@@ -63,9 +65,10 @@ class Sequence:
         "text",
     )
 
-    def __init__(self, request: GenerationRequest, handle: RequestHandle) -> None:
+    def __init__(self, request: GenerationRequest, handle: RequestHandle, guide: Guide | None = None) -> None:
         self.request = request
         self.handle = handle
+        self.guide = guide  # where the output is in its grammar, when it is constrained
         self.prompt = request.prompt_tokens
         self.slot = -1
         self.n_cached = 0  # tokens of this sequence in the KV cache = position of the next one
@@ -222,6 +225,7 @@ class Scheduler:
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
+        seq.guide = None
 
     def _step(self) -> None:
         batch = self._fill_batch()
@@ -285,33 +289,57 @@ class Scheduler:
         return members
 
     def _sample(self, seq: Sequence) -> None:
-        assert seq.sampler is not None
         request = seq.request
-        token = seq.sampler.sample(self.context.ptr, seq.row)
+        try:
+            token, logprob, top = self._pick(seq)
+        except GenerationError as exc:
+            self._fail(seq, exc)
+            return
         seq.n_generated += 1
         if seq.n_generated == 1:
             seq.first_token = time.perf_counter()
-        logprob: float | None = None
-        top: tuple[TopLogprob, ...] | None = None
-        if request.logprobs or request.top_logprobs:
-            logprob, everything = log_softmax_at(self.context.logits(seq.row), token)
-            if request.top_logprobs:
-                top = tuple(
-                    TopLogprob(t, self.model.token_text(t), lp)
-                    for t, lp in top_tokens(everything, request.top_logprobs)
-                )
         if token in self.model.eog and not request.ignore_eos:
             self._finish(seq, TokenEvent(token, seq.text.flush(), logprob, True, top), FinishReason.EOS)
             return
-        text = seq.text.push(self.model.piece(token))
+        piece = self.model.special_piece(token) if request.special_text else self.model.piece(token)
+        text = seq.text.push(piece)
         if seq.text.stopped:
             self._finish(seq, TokenEvent(token, text, logprob, False, top), FinishReason.STOP_SEQUENCE)
+        elif seq.guide is not None and seq.guide.complete:  # the grammar allows nothing more: done
+            last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
+            self._finish(seq, last, FinishReason.EOS)
         elif seq.n_generated >= request.max_tokens:  # submit() made sure max_tokens fits the slot
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.LENGTH)
         else:
             self._emit(seq, TokenEvent(token, text, logprob, False, top))
             seq.next_token = token
+
+    def _pick(self, seq: Sequence) -> tuple[int, float | None, tuple[TopLogprob, ...] | None]:
+        """Sample the next token, within the grammar if there is one; with the model's own (unmasked)
+        log-probabilities when the request asks for them."""
+        assert seq.sampler is not None
+        request, sampler, guide, row = seq.request, seq.sampler, seq.guide, seq.row
+        ctx = self.context.ptr
+        logits = self.context.logits(row)
+        everything = log_softmax(logits) if request.logprobs or request.top_logprobs else None
+        if guide is not None and request.sampling.penalized:
+            guide.restrict(logits)  # penalty stages remember what they are shown: mask first
+        token = sampler.sample(ctx, row)
+        if guide is not None:
+            if not guide.allows(token):
+                guide.restrict(logits)
+                token = sampler.sample(ctx, row)
+            guide.accept(token)
+        if everything is None:
+            return token, None, None
+        top = None
+        if request.top_logprobs:
+            top = tuple(
+                TopLogprob(t, self.model.token_text(t), lp)
+                for t, lp in top_tokens(everything, request.top_logprobs)
+            )
+        return token, float(everything[token]), top
 
     def _finish(self, seq: Sequence, last: TokenEvent, reason: FinishReason) -> None:
         now = time.perf_counter()

@@ -7,6 +7,7 @@ with every default resolved, so the scheduler never has to know which API a requ
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 import msgspec
 
@@ -35,6 +36,22 @@ class SamplingParams(msgspec.Struct, frozen=True):
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def penalized(self) -> bool:
+        """A penalty stage remembers the tokens it is shown, so it must see only the chosen ones."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+class Constraint(msgspec.Struct, frozen=True):
+    """The output must match this grammar, from the first generated token on (engine/constraint.py).
+
+    A Lark grammar (llguidance's dialect) can embed JSON schemas (``%json {...}``) and lazy rules, so
+    "free text until a trigger, then a structure" needs nothing more."""
+
+    kind: Literal["json_schema", "regex", "lark"]
+    source: str  # the JSON schema as JSON text, the regex, or the Lark grammar
+    field: str | None = None  # the request field it came from, named in validation errors
+
 
 class GenerationRequest(msgspec.Struct, frozen=True):
     prompt_tokens: tuple[int, ...]
@@ -44,6 +61,10 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     logprobs: bool = False  # compute each token's log-probability under the model
     top_logprobs: int = 0  # alternatives to report per token (implies logprobs)
     ignore_eos: bool = False
+    constraint: Constraint | None = None
+    # Render special tokens that do not end the generation (``<|python_tag|>``, ``[TOOL_CALLS]``) into
+    # the text, for a protocol that parses them; by default they show as nothing.
+    special_text: bool = False
 
 
 class TopLogprob(msgspec.Struct, frozen=True, gc=False):
