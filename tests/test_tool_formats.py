@@ -1,0 +1,271 @@
+"""Tool-call formats without HTTP: detection from real chat templates, prompts rendered by those
+templates, grammars that llguidance compiles for the real model's vocabulary, and the incremental
+parser fed every way a stream can split the text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine import ValidationError
+from engine.chat import ChatTemplate
+from engine.constraint import Grammars
+from engine.llama import Model
+from server import openai_wire as w
+from server.tool_formats import Tool, ToolFormat, ToolPlan, constraint, detect
+from server.tool_parser import CallArguments, CallStart, Content, Delta, ToolCallParser
+from server.tool_request import plan_chat
+
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+EXPECTED = {
+    "qwen2.5-instruct.jinja": ToolFormat.HERMES,
+    "hermes-2-pro-tool-use.jinja": ToolFormat.HERMES,
+    "llama-3.2-instruct.jinja": ToolFormat.LLAMA3,
+    "mistral-7b-instruct-v0.3.jinja": ToolFormat.MISTRAL,
+    "smollm2-135m-instruct.jinja": ToolFormat.GENERIC,
+}
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "description": "the city"}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Forecast", "parameters": WEATHER},
+    },
+    {"type": "function", "function": {"name": "get_time", "description": "Clock", "parameters": {}}},
+]
+
+
+def body(**fields: object) -> w.ChatCompletionRequest:
+    raw = {"messages": [{"role": "user", "content": "Weather in Paris?"}], **fields}
+    return msgspec.json.decode(json.dumps(raw), type=w.ChatCompletionRequest)
+
+
+def no_special(text: str) -> int | None:
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_format_is_detected_from_the_real_template(name: str) -> None:
+    assert detect((TEMPLATES / name).read_text()) is EXPECTED[name]
+
+
+ROUND_TRIP = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_abcdefghijklmnopqrstuvwx",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_abcdefghijklmnopqrstuvwx", "content": "sunny, 21 C"},
+]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_template_renders_tools_calls_and_results(name: str) -> None:
+    template = ChatTemplate((TEMPLATES / name).read_text(), "<s>", "</s>")
+    fmt = detect(template.source)
+    plan = plan_chat(body(messages=ROUND_TRIP, tools=TOOLS), fmt, no_special)
+    prompt = template.render(plan.messages, tools=plan.template_tools)
+    assert "sunny, 21 C" in prompt and "Paris" in prompt
+    assert "get_weather" in prompt and "get_time" in prompt  # the tools reach the model, natively or not
+    if fmt is ToolFormat.GENERIC:
+        assert (
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}]}' in prompt
+        )
+        assert '"response"' in prompt  # auto: the system message offers a plain reply too
+    if fmt is ToolFormat.MISTRAL:  # its template insists on 9-character ids: ours are mapped, paired
+        call_ids = {prompt.split('"id": "')[1][:9], prompt.split('"call_id": "')[1][:9]}
+        assert len(call_ids) == 1
+    # Arguments reach templates as objects (they `tojson` them), not as doubly encoded strings.
+    assert '\\"city\\"' not in prompt
+
+
+@pytest.fixture(scope="module")
+def grammars(model_path: str) -> Iterator[tuple[Grammars, Model]]:
+    model = Model(Path(model_path))
+    try:
+        yield Grammars(model), model
+    finally:
+        model.close()
+
+
+def accepts(grammars: tuple[Grammars, Model], plan: ToolPlan, text: str) -> bool:
+    compiled, model = grammars
+    matcher = compiled.compile(constraint(plan, lambda t: _single(model, t)))
+    tokens = model.tokenize(text, add_special=False)
+    return bool(matcher.consume_tokens(tokens)) and bool(matcher.is_accepting())
+
+
+def _single(model: Model, text: str) -> int | None:
+    tokens = model.tokenize(text, add_special=False)
+    return tokens[0] if len(tokens) == 1 else None
+
+
+TOOL_SPECS = (Tool("get_weather", "Forecast", WEATHER), Tool("get_time", None, {"type": "object"}))
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}'
+GRAMMAR_CASES = [
+    # format, required, named, parallel, text, accepted
+    (ToolFormat.HERMES, True, None, True, f"<tool_call>\n{CALL}\n</tool_call>", True),
+    (ToolFormat.HERMES, True, None, True, "Sure, here it is", False),
+    (ToolFormat.HERMES, False, None, True, "Sure, here it is", True),
+    (ToolFormat.HERMES, False, None, True, f"Let me check.<tool_call>\n{CALL}\n</tool_call>", True),
+    (ToolFormat.HERMES, False, None, True, 'Hi<tool_call>\n{"name": "nope", "arguments": {}}', False),
+    (
+        ToolFormat.HERMES,
+        True,
+        None,
+        True,
+        f"<tool_call>\n{CALL}\n</tool_call>\n<tool_call>\n{CALL}\n</tool_call>",
+        True,
+    ),
+    (ToolFormat.HERMES, True, None, False, f"<tool_call>\n{CALL}\n</tool_call>\n<tool_call>\n", False),
+    (ToolFormat.HERMES, True, "get_time", True, f"<tool_call>\n{CALL}\n</tool_call>", False),
+    (
+        ToolFormat.HERMES,
+        True,
+        None,
+        True,
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": 1}}',
+        False,
+    ),
+    (ToolFormat.LLAMA3, True, None, True, CALL.replace("arguments", "parameters"), True),
+    (ToolFormat.LLAMA3, False, None, True, "It is sunny.", True),
+    (ToolFormat.MISTRAL, True, None, True, f"[TOOL_CALLS] [{CALL}, {CALL}]", True),
+    (ToolFormat.MISTRAL, False, None, True, "No call needed.", True),
+    (ToolFormat.MISTRAL, True, None, False, f"[TOOL_CALLS] [{CALL}, {CALL}]", False),
+    (ToolFormat.GENERIC, True, None, True, f'{{"tool_calls": [{CALL}, {CALL}]}}', True),
+    (ToolFormat.GENERIC, True, None, False, f'{{"tool_calls": [{CALL}, {CALL}]}}', False),
+    (ToolFormat.GENERIC, False, None, True, '{"response": "It is sunny."}', True),
+    (ToolFormat.GENERIC, True, None, True, '{"response": "It is sunny."}', False),
+    (
+        ToolFormat.GENERIC,
+        True,
+        "get_time",
+        True,
+        '{"tool_calls": [{"name": "get_time", "arguments": {}}]}',
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("fmt", "required", "named", "parallel", "text", "accepted"), GRAMMAR_CASES)
+def test_grammars_compile_for_the_real_vocabulary_and_hold_the_format(
+    grammars: tuple[Grammars, Model],
+    fmt: ToolFormat,
+    required: bool,
+    named: str | None,
+    parallel: bool,
+    text: str,
+    accepted: bool,
+) -> None:
+    plan = ToolPlan(fmt, TOOL_SPECS, required=required, named=named, parallel=parallel)
+    assert accepts(grammars, plan, text) is accepted
+
+
+def test_a_tool_schema_llguidance_cannot_enforce_is_refused_naming_tools(
+    grammars: tuple[Grammars, Model],
+) -> None:
+    bad = Tool("f", None, {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}})
+    with pytest.raises(ValidationError) as refused:
+        grammars[0].compile(constraint(ToolPlan(ToolFormat.GENERIC, (bad,), required=True), no_special))
+    assert refused.value.field == "tools"
+
+
+# -- the parser --------------------------------------------------------------------------------------
+
+
+def splits(text: str) -> Iterator[list[str]]:
+    """The text whole, one character at a time, and cut at every single position."""
+    yield [text]
+    yield list(text)
+    for i in range(1, len(text)):
+        yield [text[:i], text[i:]]
+
+
+def parse(fmt: ToolFormat, pieces: list[str]) -> tuple[list[Delta], ToolCallParser]:
+    parser = ToolCallParser(fmt)
+    out: list[Delta] = []
+    for piece in pieces:
+        out += parser.push(piece)
+    return out + parser.finish(), parser
+
+
+def summary(deltas: list[Delta]) -> tuple[str, list[tuple[str, str]]]:
+    content = "".join(d.text for d in deltas if isinstance(d, Content))
+    calls: list[tuple[str, str]] = []
+    for d in deltas:
+        if isinstance(d, CallStart):
+            assert d.index == len(calls) and d.id.startswith("call_")
+            calls.append((d.name, ""))
+        elif isinstance(d, CallArguments):
+            assert d.index == len(calls) - 1  # fragments follow their call's start, in order
+            calls[-1] = (calls[-1][0], calls[-1][1] + d.text)
+    return content, calls
+
+
+ARGS = '{"city": "Pa\\"ris}", "days": [1, {"a": 2}]}'
+PARSE_CASES = [
+    (
+        ToolFormat.HERMES,
+        f'Checking.<tool_call>\n{{"name": "f", "arguments": {ARGS}}}\n</tool_call>',
+        "Checking.",
+    ),
+    (ToolFormat.HERMES, "Plain <tool text, no call", "Plain <tool text, no call"),
+    (ToolFormat.LLAMA3, f'<|python_tag|>{{"name": "f", "parameters": {ARGS}}}', ""),
+    (ToolFormat.LLAMA3, "It is {sunny}", "It is {sunny}"),
+    (
+        ToolFormat.MISTRAL,
+        f'[TOOL_CALLS] [{{"name": "f", "arguments": {ARGS}}}, {{"name": "g", "arguments": {{}}}}]',
+        "",
+    ),
+    (ToolFormat.GENERIC, f'{{"tool_calls": [{{"name": "f", "arguments": {ARGS}}}]}}', ""),
+    (ToolFormat.GENERIC, '{"response": "caf\\u00e9 \\"ok\\"\\n\\ud83d\\ude00"}', 'café "ok"\n😀'),
+]
+
+
+@pytest.mark.parametrize(("fmt", "text", "content"), PARSE_CASES)
+def test_the_parser_gives_the_same_content_and_calls_however_the_text_is_cut(
+    fmt: ToolFormat, text: str, content: str
+) -> None:
+    results = {json.dumps(summary(parse(fmt, pieces)[0])) for pieces in splits(text)}
+    assert len(results) == 1
+    got_content, calls = json.loads(results.pop())
+    assert got_content == content
+    for name, arguments in calls:
+        assert name in ("f", "g")
+        json.loads(arguments)  # exactly the arguments object the model wrote
+    if "name" in text and content == "":
+        assert calls and calls[0][1] == (
+            ARGS if fmt is not ToolFormat.MISTRAL or calls[0][0] == "f" else "{}"
+        )
+
+
+def test_arguments_stream_as_they_are_generated_not_at_the_end() -> None:
+    parser = ToolCallParser(ToolFormat.HERMES)
+    assert parser.push("<tool_call>\n") == []
+    start = parser.push('{"name": "get_weather", "arguments": {"ci')
+    assert isinstance(start[0], CallStart) and start[0].name == "get_weather"
+    assert start[1:] == [CallArguments(0, '{"ci')]
+    assert parser.push('ty": "Paris"') == [CallArguments(0, 'ty": "Paris"')]
+    assert parser.push("}}\n</tool_call>") == [CallArguments(0, "}")]
+    assert parser.finish() == []
+
+
+def test_a_call_cut_by_max_tokens_keeps_what_was_generated() -> None:
+    deltas, parser = parse(ToolFormat.GENERIC, ['{"tool_calls": [{"name": "f", "arguments": {"x": "ab'])
+    assert summary(deltas) == ("", [("f", '{"x": "ab')])
+    assert parser.called
