@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
-from engine import ValidationError
+from engine import Completion, FinishEvent, FinishReason, TokenEvent, Usage, ValidationError
 from engine.chat import ChatTemplate
 from engine.constraint import Grammars
 from engine.llama import Model
+from engine.types import Timing
+from server import openai_adapter, tgi_adapter
 from server import openai_wire as w
+from server import tgi_wire as tw
 from server.tool_formats import Tool, ToolFormat, ToolPlan, constraint, detect
 from server.tool_parser import CallArguments, CallStart, Content, Delta, ToolCallParser
 from server.tool_request import plan_chat
@@ -269,3 +273,115 @@ def test_a_call_cut_by_max_tokens_keeps_what_was_generated() -> None:
     deltas, parser = parse(ToolFormat.GENERIC, ['{"tool_calls": [{"name": "f", "arguments": {"x": "ab'])
     assert summary(deltas) == ("", [("f", '{"x": "ab')])
     assert parser.called
+
+
+# -- the OpenAI encoders and the TGI grammar, without a model ----------------------------------------
+
+
+def frames(data: bytes) -> list[Any]:
+    events = [e[6:] for e in data.decode().split("\n\n") if e]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def finish_event(text: str, reason: FinishReason = FinishReason.EOS) -> FinishEvent:
+    return FinishEvent(TokenEvent(1, text), reason, Usage(3, 9), Timing(0.0, 0.1, 0.2))
+
+
+def test_chat_stream_sends_each_call_id_and_name_once_then_fragments() -> None:
+    stream = openai_adapter.ChatStream("m", include_usage=False, logprobs=False, tools=ToolFormat.GENERIC)
+    data = b""
+    for piece in [
+        '{"tool_calls": [{"name": "f", "arg',
+        'uments": {"x"',
+        ": 1}}, ",
+        '{"name": "g", "arguments": {}}',
+    ]:
+        data += stream.token(TokenEvent(0, piece)) or b""
+    out = frames(data + stream.finish(finish_event("]}")))
+    deltas = [f["choices"][0]["delta"] for f in out[:-2]]
+    assert deltas[0]["role"] == "assistant"
+    calls = [d["tool_calls"][0] for d in deltas]
+    assert calls[0] == {
+        "index": 0,
+        "id": calls[0]["id"],
+        "type": "function",
+        "function": {"arguments": "", "name": "f"},
+    }
+    assert all(set(c) == {"index", "function"} and set(c["function"]) == {"arguments"} for c in calls[1:3])
+    assert "".join(c["function"]["arguments"] for c in calls if c["index"] == 0) == '{"x": 1}'
+    assert calls[3]["index"] == 1 and calls[3]["function"]["name"] == "g" and calls[3]["id"] != calls[0]["id"]
+    assert out[-2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}
+    assert out[-1] == "[DONE]"
+
+
+def test_whole_answers_null_content_with_calls_and_no_tool_calls_key_without() -> None:
+    text = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    called = openai_adapter.chat_completion(
+        "m", Completion(text, (), finish_event("")), False, ToolFormat.HERMES
+    )
+    body = msgspec.json.decode(msgspec.json.encode(called))
+    message = body["choices"][0]["message"]
+    assert message["content"] is None and body["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x": 1}'}
+    plain = openai_adapter.chat_completion(
+        "m", Completion("Hi", (), finish_event("")), False, ToolFormat.HERMES
+    )
+    message = msgspec.json.decode(msgspec.json.encode(plain))["choices"][0]["message"]
+    assert message["content"] == "Hi" and "tool_calls" not in message
+    cut = openai_adapter.chat_completion(
+        "m", Completion(text[:30], (), finish_event("", FinishReason.LENGTH)), False, ToolFormat.HERMES
+    )
+    assert cut.choices[0].finish_reason == "length"  # a call cut by max_tokens is not a finished call
+
+
+def test_tgi_grammar_types() -> None:
+    schema = {"type": "object"}
+    for grammar in (
+        tw.Grammar("json", schema),
+        tw.Grammar("json", json.dumps(schema)),
+        tw.Grammar("json_schema", {"name": "x", "schema": schema}),
+    ):
+        c = tgi_adapter.grammar(grammar)
+        assert c is not None and c.kind == "json_schema" and json.loads(c.source)["type"] == "object"
+    regex = tgi_adapter.grammar(tw.Grammar("regex", "[0-9]+"))
+    assert regex is not None and (regex.kind, regex.source, regex.field) == ("regex", "[0-9]+", "grammar")
+    for bad in (tw.Grammar("lark", "start: /a/"), tw.Grammar("json", 5), tw.Grammar("regex", None)):
+        with pytest.raises(ValidationError) as refused:
+            tgi_adapter.grammar(bad)
+        assert refused.value.field == "grammar"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0].type"),
+        ({"tools": [TOOLS[0], TOOLS[0]]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_plans_refuse_what_cannot_be_honoured(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        plan_chat(body(**fields), ToolFormat.HERMES, no_special)
+    assert refused.value.field == param
+
+
+def test_plans_resolve_choices() -> None:
+    auto = plan_chat(body(tools=TOOLS), ToolFormat.HERMES, no_special)
+    assert auto.tools is not None and not auto.tools.required and auto.special_text
+    assert auto.template_tools is not None and auto.constraint is not None and auto.constraint.kind == "lark"
+    none = plan_chat(
+        body(tools=TOOLS, tool_choice="none", response_format={"type": "json_object"}),
+        ToolFormat.HERMES,
+        no_special,
+    )
+    assert none.tools is None and none.template_tools is None and none.constraint is not None
+    assert none.constraint.field == "response_format"
+    generic = plan_chat(body(tools=TOOLS, tool_choice="required"), ToolFormat.GENERIC, no_special)
+    assert generic.messages[0].role == "system" and "get_weather" in generic.messages[0].content
+    assert (
+        generic.constraint is not None
+        and generic.constraint.kind == "json_schema"
+        and not generic.special_text
+    )
