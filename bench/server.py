@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import httpx
 
@@ -52,10 +53,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 45) -> int:
 
 
 @contextlib.contextmanager
-def running_server(model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
-    """Yield the base URL of a ``tokenspout serve`` subprocess; stop it afterwards."""
+def serving(
+    model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Yield a ``tokenspout serve`` subprocess and its base URL; stop it afterwards."""
     process, base_url = spawn(model, flags, env)
     try:
-        yield base_url
+        yield process, base_url
     finally:
         stop(process)
+
+
+@contextlib.contextmanager
+def running_server(model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield the base URL of a ``tokenspout serve`` subprocess; stop it afterwards."""
+    with serving(model, flags, env) as (_, base_url):
+        yield base_url
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads included (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
