@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 from bench import constrained, conversation, overload, stall
 from bench.bare import PROMPT
 from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
-from bench.server import cpu_seconds, running_server, serving
+from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
 from models import ensure_model
 
 SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload")
@@ -40,38 +41,51 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
 
 
 def decode(model: str, threads: int, rounds: int, n_tokens: int) -> None:
+    """1 and 4 concurrent streams: tokenspout read by both clients, llama-server (when `just
+    llama-server` has built it) by the ordinary one, each against the bare loop of the same round."""
     body = {"prompt": PROMPT, "max_tokens": n_tokens, "temperature": 0, "ignore_eos": True}
-    clients: dict[str, Streamer] = {"raw": raw_stream, "parsed": parsed_stream}
     rows: dict[str, list[float]] = {}
-    with serving(model, ["--threads", str(threads), "--parallel", "4"]) as (process, url):
+    with contextlib.ExitStack() as stack:
+        ours = stack.enter_context(serving(model, ["--threads", str(threads), "--parallel", "4"]))
+        targets: list[tuple[str, tuple[subprocess.Popen[bytes], str], Streamer]] = [
+            ("tokenspout raw", ours, raw_stream),
+            ("tokenspout parsed", ours, parsed_stream),
+        ]
+        if binary := llama_server_binary():
+            flags = ["-t", str(threads), "-np", "4", "-c", "4096"]
+            theirs = stack.enter_context(serving_llama_server(binary, model, flags))
+            targets.append(("llama-server parsed", theirs, parsed_stream))
+        else:
+            print("(llama-server is not built: `just llama-server` builds it for this comparison)")
         for round_ in range(1, rounds + 1):
             line = [f"round {round_}:"]
             for n in (1, 4):
-                rows.setdefault(f"bare{n}", []).append(
-                    bare(model, threads, "--sequences", str(n), "--tokens", str(n_tokens))[
-                        "tokens_per_second"
-                    ]
-                )
-                for name, streamer in clients.items():
+                bare_rate = bare(model, threads, "--sequences", str(n), "--tokens", str(n_tokens))
+                rows.setdefault(f"bare {n}", []).append(bare_rate["tokens_per_second"])
+                for name, (process, url), streamer in targets:
                     cpu = cpu_seconds(process.pid)
                     rate, ttft, tokens = asyncio.run(stream_rate(streamer, url, body, n))
-                    rows.setdefault(f"{name}{n}", []).append(rate)
-                    rows.setdefault(f"cpu{name}{n}", []).append((cpu_seconds(process.pid) - cpu) / tokens)
-                    rows.setdefault(f"ttft{name}{n}", []).append(ttft)
-                    line.append(f"{n}x {name} {rate:6.1f} tok/s ({rate / rows[f'bare{n}'][-1]:.3f})")
-                line.append(f"bare {rows[f'bare{n}'][-1]:6.1f} |")
+                    rows.setdefault(f"{name} {n}", []).append(rate)
+                    rows.setdefault(f"{name} {n} cpu", []).append((cpu_seconds(process.pid) - cpu) / tokens)
+                    rows.setdefault(f"{name} {n} ttft", []).append(ttft)
+                    line.append(f"{n}x {name} {rate / rows[f'bare {n}'][-1]:.3f}")
+                line.append(f"(bare {rows[f'bare {n}'][-1]:.1f} tok/s) |")
             print(" ".join(line), flush=True)
-    print()
+    print("\nmedians; prefill included on both sides (first request sent to last token received):")
     for n in (1, 4):
-        for name in clients:
-            ratio = median_ratio(rows[f"{name}{n}"], rows[f"bare{n}"])
-            goal = 0.96 if n == 1 else 0.95
-            cpu_ms = statistics.median(rows[f"cpu{name}{n}"]) * 1000
+        goal = 0.96 if n == 1 else 0.95
+        for name, _, _ in targets:
+            ratio = median_ratio(rows[f"{name} {n}"], rows[f"bare {n}"])
+            cpu_ms = statistics.median(rows[f"{name} {n} cpu"]) * 1000
+            ttft_ms = statistics.median(rows[f"{name} {n} ttft"]) * 1000
             print(
-                f"{n} stream(s), {name:6} client: {ratio:.3f} of the bare loop (goal >= {goal}), server CPU "
-                f"{cpu_ms:.2f} ms per token, TTFT {statistics.median(rows[f'ttft{name}{n}']) * 1000:.0f} ms"
+                f"{n} stream(s), {name:20}: {ratio:.3f} of the bare loop (goal >= {goal}),"
+                f" server CPU {cpu_ms:.2f} ms per token, TTFT {ttft_ms:.0f} ms"
             )
-    print("(prefill included on both sides: from the first request sent to the last token)\n")
+        if len(targets) == 3:
+            ours_vs = median_ratio(rows[f"tokenspout parsed {n}"], rows[f"llama-server parsed {n}"])
+            print(f"{n} stream(s), tokenspout / llama-server (ordinary client): {ours_vs:.3f} (goal >= 1.0)")
+    print()
 
 
 def constraint(model: str, threads: int, rounds: int, n_tokens: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import socket
 import subprocess
@@ -27,7 +28,31 @@ def spawn(
     """Start ``tokenspout serve`` in a subprocess and return it with its base URL once /health is 200."""
     port = free_port()
     command = [sys.executable, "-m", "server", "serve", "--model", model, "--port", str(port), *flags]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    return _until_healthy(subprocess.Popen(command, env={**os.environ, **(env or {})}), port)
+
+
+def llama_server_binary() -> Path | None:
+    """llama.cpp's own server as `just llama-server` builds it, if it has been built."""
+    version = importlib.metadata.version("llama-cpp-python")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    binary = cache / "tokenspout" / f"llama-server-{version}" / "llama-server"
+    return binary if binary.exists() else None
+
+
+@contextlib.contextmanager
+def serving_llama_server(
+    binary: Path, model: str, flags: Sequence[str]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    command = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(port), *flags]
+    process, base_url = _until_healthy(subprocess.Popen(command, stderr=subprocess.DEVNULL), port)
+    try:
+        yield process, base_url
+    finally:
+        stop(process)
+
+
+def _until_healthy(process: subprocess.Popen[bytes], port: int) -> tuple[subprocess.Popen[bytes], str]:
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
