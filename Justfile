@@ -26,6 +26,26 @@ bench *flags: setup
     {{ bin }}/tokenspout models pull
     {{ bin }}/python -m bench {{ flags }}
 
+# Build llama.cpp's own llama-server from the sources of our pinned llama-cpp-python, once (~15 min on
+# 2 cores), so that `just bench` measures it side by side; cached in ~/.cache/tokenspout
+llama-server: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version=$({{ bin }}/python -c "import importlib.metadata as m; print(m.version('llama-cpp-python'))")
+    out="${XDG_CACHE_HOME:-$HOME/.cache}/tokenspout/llama-server-$version"
+    if [ -x "$out/llama-server" ]; then echo "$out/llama-server"; exit 0; fi
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    {{ bin }}/python -m pip download --quiet --no-binary :all: --no-deps "llama-cpp-python==$version" -d "$work"
+    tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+    cmake -S "$work"/llama_cpp_python-*/vendor/llama.cpp -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
+        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+    cmake --build "$work/build" --target llama-server -j "$(nproc)"
+    mkdir -p "$out"
+    cp "$work/build/bin/llama-server" "$out/"
+    echo "$out/llama-server"
+
 # Create .venv and install tokenspout with its test tools (compiles llama.cpp once: ~9 min on 2 cores)
 setup:
     #!/usr/bin/env bash

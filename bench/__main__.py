@@ -1,88 +1,153 @@
-"""``just bench``: streams from a real tokenspout server and, in the same run, the bare llama.cpp loop.
+"""``just bench``: a real tokenspout server measured against the bare llama.cpp loop in the same run.
 
 Rounds alternate bare and HTTP measurements so that drift on a shared machine hits both alike; the
-ratios of each round are reported with their median.
+ratios of each round are reported with their median. Two clients read the streams: a raw one that
+parses nothing (the most the server can do) and an ordinary one that parses every event as the SDKs do
+(what users see: on two cores the client's and the server's CPU per token come out of llama.cpp's share).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import re
 import statistics
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import httpx
-import msgspec
-
-from bench import overload, stall
+from bench import constrained, conversation, overload, stall
 from bench.bare import PROMPT
-from bench.server import running_server
+from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
+from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
 from models import ensure_model
 
-
-class StreamResult(msgspec.Struct):
-    ttft: float  # request sent -> first token
-    first: float  # absolute time of the first token
-    last: float  # absolute time of the last token
-    tokens: int
+SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload")
 
 
-async def one_stream(host: str, port: int, n_tokens: int) -> StreamResult:
-    """One streamed completion over a plain socket: the client does no parsing per event, so it takes
-    as little CPU as possible from the server it measures (as curl -N would)."""
-    body = json.dumps(
-        {
-            "prompt": PROMPT,
-            "max_tokens": n_tokens,
-            "temperature": 0,
-            "ignore_eos": True,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    ).encode()
-    head = (
-        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    reader, writer = await asyncio.open_connection(host, port)
-    sent = time.perf_counter()
-    writer.write(head + body)
-    first = last = 0.0
-    received = bytearray()
-    while chunk := await reader.read(65536):
-        now = time.perf_counter()
-        if b"data: " in chunk:
-            first = first or now
-            if b'"usage":{' not in chunk:
-                last = now
-        received += chunk
-    writer.close()
-    assert received.startswith(b"HTTP/1.1 200"), bytes(received[:200])
-    found = re.search(rb'"usage":\{"prompt_tokens":\d+,"completion_tokens":(\d+)', received)
-    assert found, "the stream ended without a usage chunk"
-    return StreamResult(first - sent, first, last, int(found.group(1)))
+def bare(model: str, threads: int, *args: str) -> dict[str, float]:
+    """One run of the bare loop in its own process, so that it owns the CPU as the engine would."""
+    command = [sys.executable, "-m", "bench.bare", model, "--threads", str(threads), *args]
+    result: dict[str, float] = json.loads(
+        subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    )
+    return result
 
 
-async def http_rate(base_url: str, n_streams: int, n_tokens: int) -> tuple[float, float]:
-    """Aggregate decode tokens/s over ``n_streams`` concurrent streams, and the median TTFT."""
-    url = httpx.URL(base_url)
-    assert url.port is not None
-    results = await asyncio.gather(*(one_stream(url.host, url.port, n_tokens) for _ in range(n_streams)))
-    start = max(r.first for r in results)  # every stream decoding from here on
-    end = min(r.last for r in results)
-    # tokens produced by all streams between ``start`` and ``end``, assuming a steady rate per stream
-    tokens = sum((r.tokens - 1) * (end - start) / (r.last - r.first) for r in results)
-    return tokens / (end - start), statistics.median(r.ttft for r in results)
+def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
-def bare_rate(model: str, threads: int, n_seq: int, n_tokens: int) -> float:
-    command = [sys.executable, "-m", "bench.bare", model, str(threads), str(n_seq), str(n_tokens)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return float(json.loads(out)["tokens_per_second"])
+def decode(model: str, threads: int, rounds: int, n_tokens: int) -> None:
+    """1 and 4 concurrent streams: tokenspout read by both clients, llama-server (when `just
+    llama-server` has built it) by the ordinary one, each against the bare loop of the same round."""
+    body = {"prompt": PROMPT, "max_tokens": n_tokens, "temperature": 0, "ignore_eos": True}
+    rows: dict[str, list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        ours = stack.enter_context(serving(model, ["--threads", str(threads), "--parallel", "4"]))
+        targets: list[tuple[str, tuple[subprocess.Popen[bytes], str], Streamer]] = [
+            ("tokenspout raw", ours, raw_stream),
+            ("tokenspout parsed", ours, parsed_stream),
+        ]
+        if binary := llama_server_binary():
+            flags = ["-t", str(threads), "-np", "4", "-c", "4096"]
+            theirs = stack.enter_context(serving_llama_server(binary, model, flags))
+            targets.append(("llama-server parsed", theirs, parsed_stream))
+        else:
+            print("(llama-server is not built: `just llama-server` builds it for this comparison)")
+        for round_ in range(1, rounds + 1):
+            line = [f"round {round_}:"]
+            for n in (1, 4):
+                bare_rate = bare(model, threads, "--sequences", str(n), "--tokens", str(n_tokens))
+                rows.setdefault(f"bare {n}", []).append(bare_rate["tokens_per_second"])
+                for name, (process, url), streamer in targets:
+                    cpu = cpu_seconds(process.pid)
+                    rate, ttft, tokens = asyncio.run(stream_rate(streamer, url, body, n))
+                    rows.setdefault(f"{name} {n}", []).append(rate)
+                    rows.setdefault(f"{name} {n} cpu", []).append((cpu_seconds(process.pid) - cpu) / tokens)
+                    rows.setdefault(f"{name} {n} ttft", []).append(ttft)
+                    line.append(f"{n}x {name} {rate / rows[f'bare {n}'][-1]:.3f}")
+                line.append(f"(bare {rows[f'bare {n}'][-1]:.1f} tok/s) |")
+            print(" ".join(line), flush=True)
+    print("\nmedians; prefill included on both sides (first request sent to last token received):")
+    for n in (1, 4):
+        goal = 0.96 if n == 1 else 0.95
+        for name, _, _ in targets:
+            ratio = median_ratio(rows[f"{name} {n}"], rows[f"bare {n}"])
+            cpu_ms = statistics.median(rows[f"{name} {n} cpu"]) * 1000
+            ttft_ms = statistics.median(rows[f"{name} {n} ttft"]) * 1000
+            print(
+                f"{n} stream(s), {name:20}: {ratio:.3f} of the bare loop (goal >= {goal}),"
+                f" server CPU {cpu_ms:.2f} ms per token, TTFT {ttft_ms:.0f} ms"
+            )
+        if len(targets) == 3:
+            ours_vs = median_ratio(rows[f"tokenspout parsed {n}"], rows[f"llama-server parsed {n}"])
+            print(f"{n} stream(s), tokenspout / llama-server (ordinary client): {ours_vs:.3f} (goal >= 1.0)")
+    print()
+
+
+def constraint(model: str, threads: int, rounds: int, n_tokens: int) -> None:
+    ratios = []
+    with running_server(model, ["--threads", str(threads)]) as url:
+        for round_ in range(1, rounds + 1):
+            with_schema, without = constrained.decode_rates(url, n_tokens)
+            ratios.append(with_schema / without)
+            print(
+                f"round {round_}: json_schema {with_schema:6.1f} tok/s vs free {without:6.1f}"
+                f" ({ratios[-1]:.3f})"
+            )
+    mask_us, check_us, n = constrained.mask_cost(model, threads, n_tokens)
+    print(f"constrained / free decode: {statistics.median(ratios):.3f} (goal >= 0.95)")
+    print(
+        f"grammar per token ({n} tokens replayed): check {check_us:.1f} µs;"
+        f" full mask, when needed, {mask_us:.1f} µs\n"
+    )
+
+
+def prefill(model: str, threads: int, rounds: int) -> None:
+    prompt = conversation.long_text(430)  # ~1,200 tokens
+    http, bares = [], []
+    with running_server(model, ["--threads", str(threads)]) as url:
+        for round_ in range(1, rounds + 1):
+            fast = bare(model, threads, "--kv-type", "f16", "--ubatch", "512", "--prefill", prompt)
+            bares.append(fast["tokens_per_second"])
+            rate, n_prompt = conversation.cold_prefill_rate(url, prompt)
+            http.append(rate)
+            print(
+                f"round {round_}: cold prefill of {n_prompt} tokens {rate:6.1f} tok/s"
+                f" vs bare {bares[-1]:6.1f}"
+            )
+    print(
+        f"cold prefill over HTTP / the bare loop's best shape: {median_ratio(http, bares):.3f}"
+        " (goal >= 0.90)\n"
+    )
+
+
+def agent(model: str, threads: int) -> None:
+    with running_server(model, ["--threads", str(threads)]) as url:
+        turns = conversation.agent_conversation(url)
+    for i, turn in enumerate(turns, 1):
+        print(
+            f"turn {i}: TTFT {turn.ttft * 1000:7.0f} ms, {turn.prompt_tokens} prompt tokens,"
+            f" {turn.cached_tokens} cached"
+        )
+    later = turns[1:]
+    share = sum(t.cached_tokens for t in later) / sum(t.prompt_tokens for t in later)
+    ratio = statistics.median(t.ttft for t in later) / turns[0].ttft
+    print(
+        f"median TTFT of turns 2+ / turn 1: {ratio:.3f} (goal <= 0.05);"
+        f" prompt tokens from cache: {share:.0%}\n"
+    )
+
+
+def backpressure(model: str, threads: int) -> None:
+    # 2,048 cells per slot, so that the stall probe's 1,358-token prompt fits one slot
+    busy = ["--threads", str(threads), "--parallel", "4", "--max-concurrent-requests", "4"]
+    with running_server(model, [*busy, "--ctx-size", "8192"]) as url:
+        overload.report(url, limit=4)
+        stall.report(url)
 
 
 def main() -> None:
@@ -91,35 +156,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per stream")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     args = parser.parse_args()
     model = args.model or str(ensure_model())
-    flags = ["--threads", str(args.threads), "--parallel", "4"]
-    rows: dict[str, list[float]] = {"bare1": [], "http1": [], "bare4": [], "http4": [], "ttft": []}
-    with running_server(model, flags) as base_url:
-        for round_ in range(1, args.rounds + 1):
-            rows["bare1"].append(bare_rate(model, args.threads, 1, args.tokens))
-            rate, ttft = asyncio.run(http_rate(base_url, 1, args.tokens))
-            rows["http1"].append(rate)
-            rows["ttft"].append(ttft)
-            rows["bare4"].append(bare_rate(model, args.threads, 4, args.tokens))
-            rows["http4"].append(asyncio.run(http_rate(base_url, 4, args.tokens))[0])
-            print(
-                f"round {round_}: 1 stream {rows['http1'][-1]:6.1f} tok/s vs bare {rows['bare1'][-1]:6.1f}"
-                f" ({rows['http1'][-1] / rows['bare1'][-1]:.3f}) | 4 streams {rows['http4'][-1]:6.1f}"
-                f" vs bare {rows['bare4'][-1]:6.1f} ({rows['http4'][-1] / rows['bare4'][-1]:.3f})"
-                f" | TTFT {ttft * 1000:.0f} ms",
-                flush=True,
-            )
-    one = statistics.median(h / b for h, b in zip(rows["http1"], rows["bare1"], strict=True))
-    four = statistics.median(h / b for h, b in zip(rows["http4"], rows["bare4"], strict=True))
-    print(f"\nmedian ratio, 1 stream:  {one:.3f}  (goal >= 0.96)")
-    print(f"median ratio, 4 streams: {four:.3f}  (goal >= 0.95)")
-    print(f"median time to first token, 1 stream: {statistics.median(rows['ttft']) * 1000:.0f} ms\n")
-    # 2,048 cells per slot, so that the stall probe's 1,358-token prompt fits one slot
-    busy = ["--threads", str(args.threads), "--parallel", "4", "--max-concurrent-requests", "4"]
-    with running_server(model, [*busy, "--ctx-size", "8192"]) as url:
-        overload.report(url, limit=4)
-        stall.report(url)
+    runs: dict[str, Callable[[], Any]] = {
+        "decode": lambda: decode(model, args.threads, args.rounds, args.tokens),
+        "constraint": lambda: constraint(model, args.threads, args.rounds, args.tokens),
+        "prefill": lambda: prefill(model, args.threads, args.rounds),
+        "conversation": lambda: agent(model, args.threads),
+        "overload": lambda: backpressure(model, args.threads),
+    }
+    for section in args.only.split(","):
+        print(f"== {section} ==", flush=True)
+        runs[section]()
 
 
 if __name__ == "__main__":

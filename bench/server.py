@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import httpx
 
@@ -26,7 +28,31 @@ def spawn(
     """Start ``tokenspout serve`` in a subprocess and return it with its base URL once /health is 200."""
     port = free_port()
     command = [sys.executable, "-m", "server", "serve", "--model", model, "--port", str(port), *flags]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    return _until_healthy(subprocess.Popen(command, env={**os.environ, **(env or {})}), port)
+
+
+def llama_server_binary() -> Path | None:
+    """llama.cpp's own server as `just llama-server` builds it, if it has been built."""
+    version = importlib.metadata.version("llama-cpp-python")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    binary = cache / "tokenspout" / f"llama-server-{version}" / "llama-server"
+    return binary if binary.exists() else None
+
+
+@contextlib.contextmanager
+def serving_llama_server(
+    binary: Path, model: str, flags: Sequence[str]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    command = [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(port), *flags]
+    process, base_url = _until_healthy(subprocess.Popen(command, stderr=subprocess.DEVNULL), port)
+    try:
+        yield process, base_url
+    finally:
+        stop(process)
+
+
+def _until_healthy(process: subprocess.Popen[bytes], port: int) -> tuple[subprocess.Popen[bytes], str]:
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -52,10 +78,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 45) -> int:
 
 
 @contextlib.contextmanager
-def running_server(model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
-    """Yield the base URL of a ``tokenspout serve`` subprocess; stop it afterwards."""
+def serving(
+    model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Yield a ``tokenspout serve`` subprocess and its base URL; stop it afterwards."""
     process, base_url = spawn(model, flags, env)
     try:
-        yield base_url
+        yield process, base_url
     finally:
         stop(process)
+
+
+@contextlib.contextmanager
+def running_server(model: str, flags: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield the base URL of a ``tokenspout serve`` subprocess; stop it afterwards."""
+    with serving(model, flags, env) as (_, base_url):
+        yield base_url
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads included (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -144,6 +144,27 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
     page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
 
 
+def test_json_answer_streams_a_valid_object(page: Page, base_url: str) -> None:
+    """The JSON preset sends response_format: both panes end with the same object, valid for the
+    schema, and the streaming pane built it piece by piece."""
+    page.goto(base_url)
+    page.get_by_label("Answer").select_option("person")
+    assert "lighthouse keeper" in page.get_by_label("Prompt").input_value()  # the example prompt follows
+    page.get_by_label("Max new tokens").fill("200")
+    page.evaluate(COUNT_TEXT_CHANGES)
+    page.get_by_role("button", name="Generate").click()
+    wait_generation_over(page)
+    streamed, whole = text_of(page, "streaming-output"), text_of(page, "non-streaming-output")
+    assert streamed == whole
+    person = json.loads(streamed)
+    assert set(person) == {"name", "age", "job", "hobbies"}, person
+    assert isinstance(person["age"], int) and 0 <= person["age"] <= 120
+    assert isinstance(person["hobbies"], list) and len(person["hobbies"]) <= 3
+    assert page.evaluate("window.textChanges")["stream"] >= 5
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-page-json.png"), full_page=True)
+
+
 def test_stop_aborts_both_requests_and_frees_the_slot(page: Page, start_server: ServerFactory) -> None:
     with start_server() as url:
         open_demo(page, url, max_tokens=900)
