@@ -98,7 +98,7 @@ def server(request: pytest.FixtureRequest) -> str:
 
 
 def sdk(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
 
 
 # -- response_format ---------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_named_choice_single_call_and_none(server: str) -> None:
     raw = httpx.post(
         f"{server}/v1/chat/completions",
         json={"messages": ASK, "tools": TOOLS, "tool_choice": "none", "max_tokens": 5},
-        timeout=60,
+        timeout=600,
     ).json()
     assert "tool_calls" not in raw["choices"][0]["message"]  # absent, not null, when there are none
 
@@ -360,7 +360,7 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(
 ) -> None:
     body = {"messages": ASK, "max_tokens": 5, **fields}
     for stream in (False, True):
-        response = httpx.post(f"{base_url}/v1/chat/completions", json={**body, "stream": stream}, timeout=60)
+        response = httpx.post(f"{base_url}/v1/chat/completions", json={**body, "stream": stream}, timeout=600)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error"
@@ -390,6 +390,7 @@ def test_langchain_bind_tools_and_structured_output_in_three_modes(base_url: str
         model="any",
         temperature=0,
         max_completion_tokens=150,
+        timeout=600,
     )
     reply = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
     assert isinstance(reply, AIMessage) and reply.tool_calls
@@ -409,7 +410,7 @@ def test_langchain_bind_tools_and_structured_output_in_three_modes(base_url: str
 
 
 def test_tgi_grammar_json_schema_and_regex_with_huggingface_hub(base_url: str) -> None:
-    hub = InferenceClient(base_url=base_url, timeout=120)
+    hub = InferenceClient(base_url=base_url, timeout=600)
     schema = Forecast.model_json_schema()
     for value in (schema, json.dumps(schema)):  # TGI takes the schema as an object or as JSON text
         grammar = TextGenerationInputGrammarType(type="json", value=value)
@@ -442,7 +443,7 @@ def test_tgi_refuses_a_grammar_it_cannot_enforce_with_422_naming_it(
         response = httpx.post(
             f"{base_url}{route}",
             json={"inputs": "x", "parameters": {"grammar": grammar, "max_new_tokens": 5}},
-            timeout=60,
+            timeout=600,
         )
         assert response.status_code == 422, response.text
         assert response.json()["error_type"] == "validation" and "grammar" in response.json()["error"]
@@ -459,7 +460,7 @@ def test_tgi_json_schema_grammar_on_the_compat_route(base_url: str) -> None:
                 "max_new_tokens": 120,
             },
         },
-        timeout=120,
+        timeout=600,
     )
     assert response.status_code == 200
     Forecast.model_validate_json(response.json()[0]["generated_text"])
