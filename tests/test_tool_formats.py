@@ -385,3 +385,22 @@ def test_plans_resolve_choices() -> None:
         and generic.constraint.kind == "json_schema"
         and not generic.special_text
     )
+
+
+def test_a_special_token_trigger_compiles_to_its_token_id(grammars: tuple[Grammars, Model]) -> None:
+    # Mistral's [TOOL_CALLS] is one special token in its vocabulary; the default model has none such,
+    # so stand in its <|im_start|> (id 1) to check the <[id]> path against a real vocabulary.
+    compiled, model = grammars
+    for required, text, accepted in (
+        (True, f"<|im_start|> [{CALL}]", True),
+        (True, "[TOOL_CALLS] [", False),  # the same text, not the token
+        (False, "A plain answer.", True),
+        (False, f"<|im_start|>[{CALL}, {CALL}]", True),
+    ):
+        plan = ToolPlan(ToolFormat.MISTRAL, TOOL_SPECS, required=required)
+        matcher = compiled.compile(constraint(plan, lambda _text: 1))
+        tokens = model.tokenize(text, add_special=False)
+        if accepted:
+            assert matcher.consume_tokens(tokens) and matcher.is_accepting(), text
+        else:
+            assert not matcher.consume_tokens(tokens), text
