@@ -11,6 +11,7 @@ from engine import (
     SamplingParams,
     TokenEvent,
     ValidationError,
+    refuse_surely_too_long,
     resolve_max_tokens,
 )
 from server import tgi_wire as w
@@ -57,6 +58,10 @@ def validate(p: w.GenerateParameters, limits: Limits) -> None:
         raise _invalid(f"{message}. Given: {p.truncate}", "truncate")
     if p.grammar is not None:
         raise _invalid("grammar is not supported by this server", "grammar")
+    if p.decoder_input_details:
+        # The prompt's logprobs need logits for every prompt row; the scheduler computes them only
+        # for the last one. An empty `prefill` would look like an answer, so refuse instead.
+        raise _invalid("`decoder_input_details` is not supported by this server", "decoder_input_details")
 
 
 def sampling(p: w.GenerateParameters, seed: int) -> SamplingParams:
@@ -81,6 +86,8 @@ def generation_request(body: w.GenerateRequest, tokenize: Tokenize, limits: Limi
     validate(p, limits)
     if not body.inputs:
         raise _invalid("`inputs` cannot be empty", "inputs")
+    if p.truncate is None:  # with `truncate`, a long input is cut to its end, not refused
+        refuse_surely_too_long(body.inputs, limits.max_input_tokens, limits.longest_piece, "inputs")
     tokens = tokenize(body.inputs)
     if p.truncate is not None:
         tokens = tokens[-p.truncate :]  # TGI keeps the end of the input
