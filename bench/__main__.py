@@ -117,7 +117,8 @@ def main() -> None:
     print(f"median time to first token, 1 stream: {statistics.median(rows['ttft']) * 1000:.0f} ms\n")
     # 2,048 cells per slot, so that the stall probe's 1,358-token prompt fits one slot
     busy = ["--threads", str(args.threads), "--parallel", "4", "--max-concurrent-requests", "4"]
-    with running_server(model, [*busy, "--ctx-size", "8192"]) as url:
+    # and bodies of up to 4 MB, so that the stall probe's 1.9 MB prompt reaches the routes
+    with running_server(model, [*busy, "--ctx-size", "8192", "--payload-limit", stall.PAYLOAD_LIMIT]) as url:
         overload.report(url, limit=4)
         stall.report(url)
 
