@@ -42,7 +42,10 @@ def _longest_gap_while(base_url: str, send: Callable[[], None]) -> float:
     send()
     done = time.perf_counter()
     runner.join()
-    during = [t for t in arrivals if sent <= t <= done + 0.5]
+    # from the last event before ``send`` started: a stream frozen at that moment and released in a
+    # burst afterwards shows its pause only from there
+    before = [t for t in arrivals if t < sent][-1:]
+    during = before + [t for t in arrivals if sent <= t <= done + 0.5]
     if done + 0.5 > arrivals[-1]:
         raise RuntimeError("the running stream ended before the measurement window did: raise max_tokens")
     gaps = [b - a for a, b in itertools.pairwise(during)]
