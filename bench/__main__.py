@@ -145,7 +145,8 @@ def agent(model: str, threads: int) -> None:
 def backpressure(model: str, threads: int) -> None:
     # 2,048 cells per slot, so that the stall probe's 1,358-token prompt fits one slot
     busy = ["--threads", str(threads), "--parallel", "4", "--max-concurrent-requests", "4"]
-    with running_server(model, [*busy, "--ctx-size", "8192"]) as url:
+    # and bodies of up to 4 MB, so that the stall probe's 1.9 MB prompt reaches the routes
+    with running_server(model, [*busy, "--ctx-size", "8192", "--payload-limit", stall.PAYLOAD_LIMIT]) as url:
         overload.report(url, limit=4)
         stall.report(url)
 

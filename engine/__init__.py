@@ -4,7 +4,7 @@ from engine.chat import ChatMessage
 from engine.engine import Engine, EngineConfig, EngineStats
 from engine.errors import EngineError, GenerationError, OverloadedError, UnavailableError, ValidationError
 from engine.handle import RequestHandle
-from engine.limits import resolve_max_tokens
+from engine.limits import refuse_surely_too_long, resolve_max_tokens
 from engine.types import (
     Completion,
     Constraint,
@@ -37,5 +37,6 @@ __all__ = [
     "UnavailableError",
     "Usage",
     "ValidationError",
+    "refuse_surely_too_long",
     "resolve_max_tokens",
 ]

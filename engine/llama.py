@@ -65,6 +65,19 @@ class Model:
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._special_pieces: list[bytes | None] = [None] * self.n_vocab
         self._piece_buf = ctypes.create_string_buffer(256)
+        self.longest_piece = self._longest_piece()
+
+    def _longest_piece(self) -> int | None:
+        """The most bytes of text one token can stand for, when the tokenizer guarantees that every
+        byte of a text is covered by a token whose piece holds it: SentencePiece falls back to byte
+        tokens, byte-level BPE has a token for every byte. Then a text of B bytes needs at least
+        B / longest_piece tokens, which lets a prompt that surely cannot fit be refused before it is
+        tokenized. Special tokens count with their text, since prompts are tokenized with
+        ``parse_special``. None for other tokenizers (WordPiece and Unigram map a whole unknown word
+        to one token), which get no such shortcut."""
+        if C.llama_vocab_type(self.vocab) not in (C.LLAMA_VOCAB_TYPE_SPM, C.LLAMA_VOCAB_TYPE_BPE):
+            return None
+        return max(len(self._render(t, special=True)) for t in range(self.n_vocab))
 
     @property
     def description(self) -> str:
@@ -106,8 +119,10 @@ class Model:
             cached = self._special_pieces[token] = self._render(token, special=True)
         return cached
 
-    def _render(self, token: int, special: bool) -> bytes:
-        buf = self._piece_buf
+    def _render(self, token: int, special: bool, buf: ctypes.Array[ctypes.c_char] | None = None) -> bytes:
+        """The token's bytes. ``buf``: a scratch buffer of the caller's own, for threads other than
+        the scheduler's (which owns ``_piece_buf``)."""
+        buf = self._piece_buf if buf is None else buf
         n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
@@ -119,7 +134,8 @@ class Model:
         it covers. A token holding part of a character covers that whole character; a token the
         tokenizer adds itself (BOS) covers nothing."""
         tokens = self.tokenize(text, add_special=True)
-        pieces = [self._render(t, special=True) for t in tokens]
+        buf = ctypes.create_string_buffer(256)  # called off the scheduler thread: not _piece_buf
+        pieces = [self._render(t, True, buf) for t in tokens]
         if self.add_bos and tokens and tokens[0] == self.bos and not text.encode().startswith(pieces[0]):
             pieces[0] = b""
         if b"".join(pieces) != utf8(text):
@@ -145,7 +161,10 @@ class Model:
             n = C.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
         if n < 0:
             raise ValidationError("the prompt could not be tokenized", "prompt")
-        return list(tokens[:n])
+        # numpy's tolist is several times faster than slicing the ctypes array for long prompts;
+        # either runs holding the GIL in one call, so this keeps that pause short.
+        ids: list[int] = np.ctypeslib.as_array(tokens)[:n].tolist()
+        return ids
 
 
 def utf8(text: str) -> bytes:

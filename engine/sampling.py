@@ -33,6 +33,14 @@ class Sampler:
 
 def _stages(p: SamplingParams, n_vocab: int) -> list[object]:
     stages: list[object] = []
+    if p.logit_bias:
+        # First, as llama.cpp's own chains do: the bias shapes the distribution every later stage
+        # (penalties, truncation, greedy or dist) sees. llama.cpp copies the array, so a temporary
+        # one is enough.
+        biases = (C.llama_logit_bias * len(p.logit_bias))(
+            *(C.llama_logit_bias(t, b) for t, b in p.logit_bias)
+        )
+        stages.append(C.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases))
     if p.penalized:
         stages.append(
             C.llama_sampler_init_penalties(

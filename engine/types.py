@@ -31,6 +31,9 @@ class SamplingParams(msgspec.Struct, frozen=True):
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64
     seed: int = 0
+    # (token id, value added to its logit) pairs; -inf bans a token. Ids are checked by the protocol
+    # adapter, since llama.cpp's logit-bias sampler would read out of bounds for an id past the vocab.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def greedy(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from litestar import Litestar, MediaType, Response, get
+from litestar import HttpMethod, Litestar, MediaType, Response, route
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
@@ -21,19 +21,30 @@ from server.version import VERSION
 DEMO_PAGE = files("server").joinpath("static/index.html").read_bytes()
 
 
-@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False, opt={"public": True})
+# Every GET route answers HEAD too (health probes use it); uvicorn sends the headers without the body.
+GET_HEAD = [HttpMethod.GET, HttpMethod.HEAD]
+
+
+@route(
+    "/",
+    http_method=GET_HEAD,
+    media_type=MediaType.HTML,
+    include_in_schema=False,
+    sync_to_thread=False,
+    opt={"public": True},
+)
 def demo_page() -> bytes:
     """The side-by-side demo: the same prompt streamed and not streamed. Open to all, like /health."""
     return DEMO_PAGE
 
 
-@get("/metrics", media_type=CONTENT_TYPE)
+@route("/metrics", http_method=GET_HEAD, media_type=CONTENT_TYPE)
 async def metrics(request: AnyRequest) -> bytes:
     """Prometheus metrics, with TGI's names."""
     return await services(request).metrics.render()
 
 
-@get("/health", sync_to_thread=False, opt={"public": True})
+@route("/health", http_method=GET_HEAD, sync_to_thread=False, opt={"public": True})
 def health(request: AnyRequest) -> Response[dict[str, str]]:
     """200 once the model is loaded and the engine runs; 503 otherwise."""
     if services(request).engine.healthy:

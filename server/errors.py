@@ -28,6 +28,13 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
 
 
+class ModelNotFound(Exception):
+    """``GET /v1/models/{id}`` for an id this server does not serve."""
+
+    def __init__(self, asked: str, served: str) -> None:
+        super().__init__(f"The model `{asked}` does not exist; this server serves `{served}`")
+
+
 class Problem(msgspec.Struct, frozen=True):
     status: int
     message: str
@@ -47,6 +54,8 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         return Problem(503, str(exc), "unavailable")
     if isinstance(exc, GenerationError):
         return Problem(500, str(exc), "generation")
+    if isinstance(exc, ModelNotFound):
+        return Problem(404, str(exc), "not_found", "model")
     if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
         return Problem(499, "the client closed the request", "cancelled")
     if isinstance(exc, ValidationException):  # Litestar could not decode the body into the wire model
@@ -55,6 +64,8 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         message = str(details.get("message", exc.detail) if isinstance(details, dict) else exc.detail)
         missing = _MISSING_FIELD.search(message)
         param = missing.group(1) if missing else None if key in (None, "data") else str(key)
+        if param is not None:  # msgspec writes a mapping's values as `field[...]`: name the field
+            param = param.removesuffix("[...]")
         return Problem(400, f"{message} at `{param}`" if param else str(message), "validation", param)
     if isinstance(exc, NotAuthorizedException):
         return Problem(401, "Invalid or missing API key", "authentication")
@@ -82,6 +93,8 @@ def openai_body(problem: Problem) -> dict[str, object]:
     code = "overloaded" if problem.kind == "overloaded" else None
     if problem.kind == "authentication":
         code = "invalid_api_key"
+    elif problem.kind == "not_found" and problem.param == "model":
+        code = "model_not_found"  # OpenAI's code, which its SDK surfaces as NotFoundError
     return {"error": {"message": problem.message, "type": kind, "param": problem.param, "code": code}}
 
 

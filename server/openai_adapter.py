@@ -20,6 +20,7 @@ from engine import (
     SamplingParams,
     TokenEvent,
     ValidationError,
+    refuse_surely_too_long,
     resolve_max_tokens,
 )
 from server import openai_wire as w
@@ -52,7 +53,34 @@ def stop_strings(stop: str | list[str] | None, limits: Limits) -> tuple[str, ...
     return stops
 
 
-def sampling(body: w.SamplingFields) -> SamplingParams:
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: -100 (in effect a ban) .. 100 (in effect the only choice)
+
+
+def logit_bias(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` (token ids as strings) as (id, bias) pairs, checked: llama.cpp's
+    sampler would read past the logits for an id outside the vocabulary. Values are added to the
+    logits as given, as llama-server and vLLM do."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise ValidationError(f"`logit_bias` keys must be token ids; {key!r} is not one", "logit_bias")
+        token = int(key)
+        if token >= n_vocab:
+            raise ValidationError(
+                f"`logit_bias` names token {token}, but this model's token ids run from 0 to {n_vocab - 1}",
+                "logit_bias",
+            )
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:  # NaN fails too
+            raise ValidationError(
+                f"`logit_bias` values must lie within -100..100; token {token} has {value}", "logit_bias"
+            )
+        pairs.append((token, value))
+    return tuple(sorted(pairs))
+
+
+def sampling(body: w.SamplingFields, limits: Limits) -> SamplingParams:
+    if body.n != 1:
+        raise ValidationError(f"only `n: 1` is supported (one choice per request); got {body.n}", "n")
     return SamplingParams(
         temperature=body.temperature,
         top_k=body.top_k,
@@ -62,7 +90,14 @@ def sampling(body: w.SamplingFields) -> SamplingParams:
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         seed=body.seed if body.seed is not None else uuid.uuid4().int & 0xFFFFFFFF,
+        logit_bias=logit_bias(body.logit_bias, limits.n_vocab),
     )
+
+
+def chat_prompt(text: str, tokenize: Tokenize, limits: Limits) -> list[int]:
+    """The tokens of a rendered chat prompt, unless it is surely too long to be worth tokenizing."""
+    refuse_surely_too_long(text, limits.max_input_tokens, limits.longest_piece, "messages")
+    return tokenize(text)
 
 
 def chat_request(
@@ -76,7 +111,7 @@ def chat_request(
     return GenerationRequest(
         prompt_tokens=tuple(prompt),
         max_tokens=_budget(len(prompt), requested, limits, "messages", field),
-        sampling=sampling(body),
+        sampling=sampling(body, limits),
         stop=stop_strings(body.stop, limits),
         logprobs=body.logprobs,
         top_logprobs=top,
@@ -96,12 +131,17 @@ def completion_request(body: w.CompletionRequest, tokenize: Tokenize, limits: Li
         raise ValidationError("`prompt` must not be empty", "prompt")
     if body.echo:
         raise ValidationError("`echo` is not supported", "echo")
+    if body.suffix:  # fill-in-the-middle needs the model's FIM tokens and prompt format
+        raise ValidationError("`suffix` is not supported", "suffix")
+    if body.best_of is not None and body.best_of != 1:
+        raise ValidationError(f"only `best_of: 1` is supported; got {body.best_of}", "best_of")
+    refuse_surely_too_long(prompt, limits.max_input_tokens, limits.longest_piece, "prompt")
     tokens = tokenize(prompt)
     n_logprobs = body.logprobs or 0
     return GenerationRequest(
         prompt_tokens=tuple(tokens),
         max_tokens=_budget(len(tokens), body.max_tokens, limits, "prompt", "max_tokens"),
-        sampling=sampling(body),
+        sampling=sampling(body, limits),
         stop=stop_strings(body.stop, limits),
         logprobs=body.logprobs is not None,
         top_logprobs=n_logprobs,

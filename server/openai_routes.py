@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from litestar import Response, Router, get, post
+from litestar import HttpMethod, Response, Router, post, route
 from litestar.response import Stream
 
 from server import openai_adapter as adapt
 from server import openai_wire as w
+from server.errors import ModelNotFound
 from server.generation import count_request, sse_response, stream, whole
 from server.state import AnyRequest, Services, services
 from server.tool_formats import detect
-from server.tool_request import plan_chat
+from server.tool_request import ChatPlan, plan_chat
 
 
 @post("/chat/completions", status_code=200, responses=sse_response(w.ChatCompletionChunk))
@@ -24,7 +26,9 @@ async def chat_completions(
     count_request(request, s.metrics)
     template = s.engine.chat_template
     plan = plan_chat(body, detect(template.source), lambda text: _special_token(s, text))
-    prompt = s.engine.tokenize(template.render(plan.messages, tools=plan.template_tools), add_special=False)
+    # Rendering and tokenizing a long prompt takes a while (~0.4 s for 2 MB): off the event loop, so
+    # that running streams go on meanwhile.
+    prompt = await asyncio.to_thread(_chat_prompt, s, plan)
     handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits, plan))
     model = body.model or s.engine.model_id
     tools = plan.tools.format if plan.tools else None
@@ -42,12 +46,18 @@ def _special_token(s: Services, text: str) -> int | None:
     return tokens[0] if len(tokens) == 1 else None
 
 
+def _chat_prompt(s: Services, plan: ChatPlan) -> list[int]:
+    text = s.engine.chat_template.render(plan.messages, tools=plan.template_tools)
+    return adapt.chat_prompt(text, lambda t: s.engine.tokenize(t, add_special=False), s.limits)
+
+
 @post("/completions", status_code=200, responses=sse_response(w.Completion))
 async def completions(request: AnyRequest, data: w.CompletionRequest) -> Response[w.Completion] | Stream:
     """Text completion; with ``stream: true``, ``text_completion`` events over SSE."""
     s, body = services(request), data
     count_request(request, s.metrics)
-    handle = s.engine.submit(adapt.completion_request(body, s.engine.tokenize, s.limits))
+    engine_request = await asyncio.to_thread(adapt.completion_request, body, s.engine.tokenize, s.limits)
+    handle = s.engine.submit(engine_request)
     model = body.model or s.engine.model_id
     logprobs = body.logprobs is not None
     if body.stream:
@@ -60,12 +70,22 @@ async def completions(request: AnyRequest, data: w.CompletionRequest) -> Respons
 _STARTED = int(time.time())
 
 
-@get("/models")
+@route("/models", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def list_models(request: AnyRequest) -> w.ModelList:
     return w.ModelList([w.ModelCard(services(request).engine.model_id, _STARTED)])
 
 
+@route("/models/{model_id:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+async def retrieve_model(request: AnyRequest, model_id: str) -> w.ModelCard:
+    """The card of the served model. Another id is a 404 (``model_not_found``), as OpenAI answers:
+    generation routes accept any ``model`` name, but a card for a model we do not serve would lie."""
+    served = services(request).engine.model_id
+    if model_id != served:
+        raise ModelNotFound(model_id, served)
+    return w.ModelCard(served, _STARTED)
+
+
 openai_router = Router(
     path="/v1",
-    route_handlers=[chat_completions, completions, list_models],
+    route_handlers=[chat_completions, completions, list_models, retrieve_model],
 )

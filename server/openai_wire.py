@@ -101,8 +101,10 @@ class SamplingFields(Struct, kw_only=True):
     repeat_penalty: Annotated[float, Meta(gt=0.0)] = 1.0
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    n: PositiveInt = 1  # only 1 is served; the adapter says so in words
     user: str | None = None
+    # token id (as a string) -> value added to its logit, -100..100
+    logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
 
 
@@ -121,6 +123,8 @@ class CompletionRequest(SamplingFields, kw_only=True):
     prompt: str | list[str]
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     echo: bool = False
+    suffix: str | None = None
+    best_of: PositiveInt | None = None
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -202,6 +206,7 @@ class AssistantMessage(Struct):
     role: str = "assistant"
     # Absent (not null or []) when there are none, as OpenAI sends it.
     tool_calls: list[ToolCallOut] | UnsetType = UNSET
+    refusal: str | None = None  # required (nullable) in OpenAI's schema; this server never refuses
 
 
 class ChatChoice(Struct):

@@ -15,12 +15,23 @@ from server.metrics import Metrics
 class Limits:
     """The budgets every route enforces (TGI's names)."""
 
-    __slots__ = ("max_input_tokens", "max_stop_sequences", "max_total_tokens")
+    __slots__ = ("longest_piece", "max_input_tokens", "max_stop_sequences", "max_total_tokens", "n_vocab")
 
-    def __init__(self, max_input_tokens: int, max_total_tokens: int, max_stop_sequences: int) -> None:
+    def __init__(
+        self,
+        max_input_tokens: int,
+        max_total_tokens: int,
+        max_stop_sequences: int,
+        *,
+        n_vocab: int = 0,
+        longest_piece: int | None = None,
+    ) -> None:
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
         self.max_stop_sequences = max_stop_sequences
+        self.n_vocab = n_vocab  # token ids run 0..n_vocab-1 (checked in logit_bias)
+        # bytes of the longest text one token stands for; None: the tokenizer gives no such bound
+        self.longest_piece = longest_piece
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -41,7 +52,14 @@ class Services:
         self.metrics = Metrics(engine)
         total = min(settings.max_total_tokens or engine.n_ctx_slot, engine.n_ctx_slot)
         max_input = min(settings.max_input_tokens or total - 1, total - 1)
-        self.limits = Limits(max_input, total, settings.max_stop_sequences)
+        model = engine.model
+        self.limits = Limits(
+            max_input,
+            total,
+            settings.max_stop_sequences,
+            n_vocab=model.n_vocab,
+            longest_piece=model.longest_piece,
+        )
 
 
 AnyRequest = Request[Any, Any, State]

@@ -13,6 +13,7 @@ from engine import (
     SamplingParams,
     TokenEvent,
     ValidationError,
+    refuse_surely_too_long,
     resolve_max_tokens,
 )
 from server import tgi_wire as w
@@ -58,6 +59,10 @@ def validate(p: w.GenerateParameters, limits: Limits) -> None:
     if p.truncate is not None and not 0 < p.truncate <= limits.max_input_tokens:
         message = f"`truncate` must be strictly positive and less than {limits.max_input_tokens}"
         raise _invalid(f"{message}. Given: {p.truncate}", "truncate")
+    if p.decoder_input_details:
+        # The prompt's logprobs need logits for every prompt row; the scheduler computes them only
+        # for the last one. An empty `prefill` would look like an answer, so refuse instead.
+        raise _invalid("`decoder_input_details` is not supported by this server", "decoder_input_details")
 
 
 def grammar(g: w.Grammar | None) -> Constraint | None:
@@ -109,6 +114,8 @@ def generation_request(body: w.GenerateRequest, tokenize: Tokenize, limits: Limi
     validate(p, limits)
     if not body.inputs:
         raise _invalid("`inputs` cannot be empty", "inputs")
+    if p.truncate is None:  # with `truncate`, a long input is cut to its end, not refused
+        refuse_surely_too_long(body.inputs, limits.max_input_tokens, limits.longest_piece, "inputs")
     tokens = tokenize(body.inputs)
     if p.truncate is not None:
         tokens = tokens[-p.truncate :]  # TGI keeps the end of the input

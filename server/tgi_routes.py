@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Response, Router, get, post
+import asyncio
+
+from litestar import HttpMethod, Response, Router, post, route
 from litestar.response import Stream
 
 from engine import ValidationError
@@ -18,7 +20,8 @@ async def _generate(
 ) -> w.GenerateResponse | Stream:
     s = services(request)
     count_request(request, s.metrics)
-    engine_request = adapt.generation_request(body, s.engine.tokenize, s.limits)
+    # Off the event loop: tokenizing a long input takes a while and would pause every running stream.
+    engine_request = await asyncio.to_thread(adapt.generation_request, body, s.engine.tokenize, s.limits)
     handle = s.engine.submit(engine_request)
     if streamed:
         encoder = adapt.TgiStream(engine_request, body.inputs, body.parameters)
@@ -74,7 +77,7 @@ def info_of(s: Services) -> w.Info:
     )
 
 
-@get("/info")
+@route("/info", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def info(request: AnyRequest) -> w.Info:
     return info_of(services(request))
 
@@ -85,7 +88,8 @@ async def tokenize(request: AnyRequest, data: w.TokenizeRequest) -> list[w.Simpl
     body = data
     if not body.inputs:
         raise ValidationError("Input validation error: `inputs` cannot be empty", "inputs")
-    return adapt.tokenize_response(services(request).engine.token_spans(body.inputs))
+    spans = await asyncio.to_thread(services(request).engine.token_spans, body.inputs)
+    return adapt.tokenize_response(spans)
 
 
 tgi_router = Router(
