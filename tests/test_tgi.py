@@ -110,7 +110,10 @@ def test_empty_inputs_and_malformed_json(client: httpx.Client) -> None:
 def test_info_health_and_tokenize(client: httpx.Client) -> None:
     info = client.get("/info").json()
     assert info["max_concurrent_requests"] == 128
-    assert info["max_total_tokens"] == 1024 and info["max_input_tokens"] == 1023  # 4096 cells / 4 slots
+    # --ctx-size auto: a slot holds the model's trained context (8,192 for the default model) within
+    # the KV budget, in whole blocks of 256 cells
+    assert info["max_total_tokens"] % 256 == 0 and info["max_total_tokens"] >= 2048
+    assert info["max_input_tokens"] == info["max_total_tokens"] - 1
     assert info["max_stop_sequences"] == 4 and info["max_best_of"] == 1 and info["model_id"]
     assert client.get("/health").status_code == 200
     text = "Hello 世界"
