@@ -13,6 +13,8 @@ import time
 
 import llama_cpp as C
 
+from engine.llama import FAST
+
 PROMPT = "Once upon a time, in a quiet village by the sea, there lived"
 
 
@@ -28,10 +30,12 @@ def decode_rate(model_path: str, threads: int, n_seq: int, n_tokens: int, n_ctx:
     model = C.llama_model_load_from_file(model_path.encode(), C.llama_model_default_params())
     vocab = C.llama_model_get_vocab(model)
     params = C.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 32
-    # the server's context shape: 4 slots, a KV stream each, Q8_0 cells
+    # the server's default context shape: 4 slots, a KV stream each, the fast shape's cells and
+    # micro-batches (engine/llama.py: FAST)
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, FAST.n_ubatch
     params.n_seq_max, params.kv_unified = 4, False
-    params.type_k = params.type_v = C.GGML_TYPE_Q8_0
+    params.type_k = params.type_v = FAST.cell_type
+    params.flash_attn_type = FAST.flash_attn
     params.n_threads = params.n_threads_batch = threads
     params.no_perf = True
     ctx = C.llama_init_from_model(model, params)
