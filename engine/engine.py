@@ -61,9 +61,11 @@ class EngineStats(msgspec.Struct, frozen=True):
     prompt_cache_entries: int
 
 
-# Weight types (llama.cpp file types) for which --deterministic was checked bit-identical on CPU:
-# alone vs batched, warm vs cold prompt cache, restored from RAM (README: "Deterministic mode").
-DETERMINISTIC_WEIGHTS = frozenset({"Q4_1"})
+# Weight types (llama.cpp file types) for which --deterministic was checked bit-identical on CPU
+# (AVX-512): alone vs batched, warm vs cold prompt cache, a conversation's next turn continuing the
+# cells of its answer vs a cold prefill (README: "Deterministic mode"). K-quants, IQ4_NL and F16
+# weights failed some of these (a row's matmul rounds differently with the micro-batch's row count).
+DETERMINISTIC_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0"})
 
 
 def determinism_note(deterministic: bool, weight_type: str) -> str:

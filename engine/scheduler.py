@@ -356,11 +356,12 @@ class Scheduler:
         slot = decision.slot
         self.free_slots.remove(slot)
         keep = decision.keep
+        # Taken before saving: the save may evict the very entry to restore, to make room for itself.
+        entry = None if decision.restore is None else self.ram.take(decision.restore, self._clock)
         try:
             if decision.save:
                 self._save(slot)
-            if decision.restore is not None:
-                entry = self.ram.take(decision.restore, self._clock)
+            if entry is not None:
                 self.slot_tokens[slot] = ()  # the stream is being overwritten: trust none of it
                 self.context.restore(slot, entry.data)
                 self.slot_tokens[slot] = entry.tokens

@@ -168,9 +168,13 @@ def test_the_ram_budget_is_honoured(start_server: ServerFactory) -> None:
             complete(url, prompt)
             m = metrics(url)
             assert m["tokenspout_prompt_cache_bytes"] <= budget_mib << 20
-        assert m["tokenspout_prompt_cache_entries"] == 1  # only the newest saved state fits
-        assert complete(url, prompts[0] + " More.").cached < 20  # evicted: prefilled again
-        assert complete(url, prompts[2] + " More.").cached > 100  # the one kept in RAM
+        assert m["tokenspout_prompt_cache_entries"] == 1  # only the newest saved state fits: prompts[2]
+        # Restored from RAM, although saving the slot's prompts[3] first evicts that very entry; then
+        # prompts[3], saved by that restore, comes back the same way.
+        assert complete(url, prompts[2] + " More.").cached > 100
+        assert complete(url, prompts[3] + " More.").cached > 100
+        assert complete(url, prompts[0] + " More.").cached < 20  # evicted long ago: prefilled again
+        assert metrics(url)["tokenspout_prompt_cache_bytes"] <= budget_mib << 20
 
 
 def test_cache_ram_0_saves_nothing_but_a_slot_still_keeps_its_cells(start_server: ServerFactory) -> None:
