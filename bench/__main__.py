@@ -111,7 +111,7 @@ def prefill(model: str, threads: int, rounds: int) -> None:
     http, bares = [], []
     with running_server(model, ["--threads", str(threads)]) as url:
         for round_ in range(1, rounds + 1):
-            fast = bare(model, threads, "--kv-type", "f16", "--ubatch", "512", "--prefill", prompt)
+            fast = bare(model, threads, "--shape", "fast", "--prefill", prompt)
             bares.append(fast["tokens_per_second"])
             rate, n_prompt = conversation.cold_prefill_rate(url, prompt)
             http.append(rate)

@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 import llama_cpp as C
-import msgspec
+
+from engine.llama import DETERMINISTIC, FAST, Shape
 
 PROMPT = "Once upon a time, in a quiet village by the sea, there lived"
 
@@ -23,14 +24,7 @@ def _quiet(_level: int, _text: bytes, _user_data: ctypes.c_void_p) -> None:
     pass
 
 
-class Shape(msgspec.Struct, frozen=True):
-    """A context shape: KV cell type and rows per micro-batch (the server's defaults unless told)."""
-
-    kv_type: str = "q8_0"
-    ubatch: int = 32
-
-
-_KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
+SHAPES = {"fast": FAST, "deterministic": DETERMINISTIC}  # the server's two context shapes
 
 
 def _load(model_path: str, threads: int, shape: Shape, n_ctx: int, n_seq: int = 4) -> tuple[Any, Any, Any]:
@@ -38,10 +32,11 @@ def _load(model_path: str, threads: int, shape: Shape, n_ctx: int, n_seq: int = 
     C.llama_backend_init()
     model = C.llama_model_load_from_file(model_path.encode(), C.llama_model_default_params())
     params = C.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, shape.ubatch
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, shape.n_ubatch
     # as the server: a KV stream per slot
     params.n_seq_max, params.kv_unified = n_seq, False
-    params.type_k = params.type_v = _KV_TYPES[shape.kv_type]
+    params.type_k = params.type_v = shape.cell_type
+    params.flash_attn_type = shape.flash_attn
     params.n_threads = params.n_threads_batch = threads
     params.no_perf = True
     return model, C.llama_model_get_vocab(model), C.llama_init_from_model(model, params)
@@ -108,13 +103,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kv-type", choices=sorted(_KV_TYPES), default="q8_0")
-    parser.add_argument("--ubatch", type=int, default=32)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="fast", help="the server's context shape")
     parser.add_argument("--sequences", type=int, default=1, help="decode: sequences batched together")
     parser.add_argument("--tokens", type=int, default=256, help="decode: tokens per sequence")
     parser.add_argument("--prefill", default=None, help="measure the prefill of this prompt instead")
     args = parser.parse_args()
-    shape = Shape(args.kv_type, args.ubatch)
+    shape = SHAPES[args.shape]
     if args.prefill is not None:
         rate, n_prompt = prefill_rate(args.model, args.threads, args.prefill, shape)
         print(json.dumps({"tokens_per_second": rate, "prompt_tokens": n_prompt}))

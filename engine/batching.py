@@ -40,6 +40,19 @@ def chunk_budget(
     return max(0, min(room, max_chunk, max(MIN_CHUNK, affordable)))
 
 
+def prefill_left(n_prompt: int, n_cached: int) -> int:
+    """Prompt tokens a sequence may still put in the current step.
+
+    The last prompt token always goes in a step of its own, after the rest: then the row the first
+    token is sampled from is computed the same way whether the other cells were prefilled just now or
+    kept from the prompt cache (which keeps at most ``n_prompt - 1`` cells), and greedy text does not
+    depend on a warm or cold cache even with a context shape that is not batch-invariant.
+    """
+    if n_cached < n_prompt - 1:
+        return n_prompt - 1 - n_cached
+    return n_prompt - n_cached
+
+
 def plan_prefill(remaining: Sequence[int], budget: int) -> list[int]:
     """Tokens to take from each prefilling sequence, first come first served.
 

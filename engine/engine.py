@@ -18,7 +18,8 @@ from engine.chat import ChatMessage, ChatTemplate
 from engine.constraint import Grammars, Guide
 from engine.errors import OverloadedError, UnavailableError, ValidationError
 from engine.handle import RequestHandle
-from engine.llama import Context, Model
+from engine.limits import auto_slot_context
+from engine.llama import CELL_TYPES, DETERMINISTIC, FAST, Context, Model, Shape
 from engine.scheduler import AbortAll, Cancel, Probe, Scheduler, Sequence, Submit
 from engine.types import GenerationRequest
 
@@ -27,18 +28,26 @@ log = logging.getLogger("tokenspout.engine")
 
 class EngineConfig(msgspec.Struct, frozen=True):
     model_path: str
-    n_ctx: int = 4096
+    # KV cells in all; None: each slot gets the model's trained context, within kv_budget_mib
+    n_ctx: int | None = None
+    kv_budget_mib: int = 1024
     n_parallel: int = 4
     n_threads: int = 2
     n_gpu_layers: int = 0
     n_batch: int = 512
-    # llama.cpp's CPU kernels take other, differently rounded paths from 64 rows per micro-batch on,
-    # so a row's logits would depend on what else shares its batch. Staying under that keeps greedy
-    # decoding one text whether a request runs alone or beside others (the guide's contract).
-    n_ubatch: int = 32
+    # Batch-invariant logits (alone or batched, warm or cold cache) at some prefill speed: Q8_0
+    # cells, micro-batches under 64 rows, no repacked weights. Otherwise the fastest shape.
+    deterministic: bool = False
+    n_ubatch: int | None = None  # None: the chosen shape's (512 fast, 32 deterministic)
     prefill_chunk: int = 512  # at most this many prompt tokens per step while other streams decode
     step_target_ms: float = 100.0  # and only as many as fit in a step of about this long
     max_concurrent_requests: int = 128
+    cache_ram_mib: int = 256  # host RAM for saved sequence states (the prompt cache); 0: none
+
+    @property
+    def shape(self) -> Shape:
+        base = DETERMINISTIC if self.deterministic else FAST
+        return base if self.n_ubatch is None else Shape(base.cell_type, self.n_ubatch, base.flash_attn)
 
 
 class EngineStats(msgspec.Struct, frozen=True):
@@ -47,18 +56,60 @@ class EngineStats(msgspec.Struct, frozen=True):
     waiting: int
     free_slots: int
     steps: int
+    prompt_tokens_cached: int  # prompt tokens whose cells were reused from the prompt cache
+    prompt_tokens_computed: int  # prompt tokens prefilled
+    prompt_cache_bytes: int  # host RAM held by saved sequence states
+    prompt_cache_entries: int
+
+
+# Weight types (llama.cpp file types) for which --deterministic was checked bit-identical on CPU
+# (AVX-512): alone vs batched, warm vs cold prompt cache, a conversation's next turn continuing the
+# cells of its answer vs a cold prefill (README: "Deterministic mode"). K-quants, IQ4_NL and F16
+# weights failed some of these (a row's matmul rounds differently with the micro-batch's row count).
+DETERMINISTIC_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0"})
+
+
+def determinism_note(deterministic: bool, weight_type: str) -> str:
+    """What the start-up log says about bit-identity for a model with ``weight_type`` weights."""
+    checked = ", ".join(sorted(DETERMINISTIC_WEIGHTS))
+    if not deterministic:
+        return (
+            "fast mode: greedy text is the same streamed or not, but logits may change in the last bits "
+            "with the batch and the prompt cache (--deterministic makes them bit-identical)"
+        )
+    verdict = "checked" if weight_type in DETERMINISTIC_WEIGHTS else "NOT checked: it may not hold"
+    return (
+        f"deterministic mode: bit-identical logits alone or batched, warm or cold cache; checked for "
+        f"{checked} weights on CPU; this model's {weight_type} weights are {verdict}"
+    )
+
+
+class KvCells(msgspec.Struct, frozen=True):
+    used: int  # held by running requests
+    cached: int  # kept in free slots for the prompt cache
 
 
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.model = Model(Path(config.model_path), n_gpu_layers=config.n_gpu_layers)
+        shape = config.shape
+        self.model = Model(
+            Path(config.model_path), n_gpu_layers=config.n_gpu_layers, repack=not config.deterministic
+        )
+        self.kv_bytes_per_token = self.model.kv_bytes_per_token(shape.cell_type)
+        n_ctx = config.n_ctx
+        if n_ctx is None:
+            budget = config.kv_budget_mib << 20
+            per_slot = auto_slot_context(
+                self.model.n_ctx_train, self.kv_bytes_per_token, config.n_parallel, budget
+            )
+            n_ctx = per_slot * config.n_parallel
         self.context = Context(
             self.model,
-            n_ctx=config.n_ctx,
+            n_ctx=n_ctx,
             n_seq=config.n_parallel,
-            n_batch=config.n_batch,
-            n_ubatch=config.n_ubatch,
+            n_batch=min(config.n_batch, n_ctx),
+            shape=shape,
             n_threads=config.n_threads,
         )
         self.chat_template = ChatTemplate(
@@ -70,7 +121,11 @@ class Engine:
         self.model_id = self.model.path.stem  # what clients see in /v1/models, as llama-server does
         self.model_type = self.model.description
         self._scheduler = Scheduler(
-            self.context, config.n_parallel, config.prefill_chunk, config.step_target_ms / 1000
+            self.context,
+            config.n_parallel,
+            config.prefill_chunk,
+            config.step_target_ms / 1000,
+            cache_ram_bytes=config.cache_ram_mib << 20,
         )
         self._admitted = 0
         self._ids = itertools.count(1)
@@ -101,6 +156,23 @@ class Engine:
     @property
     def healthy(self) -> bool:
         return self._accepting and self._scheduler.alive
+
+    def describe_context(self) -> str:
+        """One line for the start-up log: the context's size, shape and KV memory."""
+        c, shape = self.context, self.context.shape
+        computed = c.n_ctx * self.kv_bytes_per_token / (1 << 20)
+        allocated = c.kv_report.removeprefix("size = ").strip() if c.kv_report else "(not reported)"
+        return (
+            f"context: {c.n_ctx_slot} tokens per slot (model trained for {self.model.n_ctx_train}), "
+            f"{c.n_ctx} KV cells in all, {CELL_TYPES[shape.cell_type][0]} cells, micro-batches of "
+            f"{c.n_ubatch}, {'deterministic' if self.config.deterministic else 'fast'} mode; "
+            f"KV memory: {computed:.1f} MiB computed from the model's shape; llama.cpp's log says it "
+            f"allocated {allocated}"
+        )
+
+    def describe_determinism(self) -> str:
+        """One line for the start-up log: what --deterministic guarantees for this model."""
+        return determinism_note(self.config.deterministic, self.model.weight_type)
 
     @property
     def n_ctx_slot(self) -> int:
@@ -154,15 +226,24 @@ class Engine:
             waiting=len(s.waiting),
             free_slots=len(s.free_slots),
             steps=s.steps,
+            prompt_tokens_cached=s.prompt_tokens_cached,
+            prompt_tokens_computed=s.prompt_tokens_computed,
+            prompt_cache_bytes=s.ram.bytes,
+            prompt_cache_entries=len(s.ram.entries),
         )
 
-    async def kv_cells_used(self) -> int:
-        """KV cells in use right now, read by the scheduler thread between two steps (0 when the
-        scheduler is not running, as nothing can hold a cell then)."""
+    async def kv_cells(self) -> KvCells:
+        """KV cells in use right now, as llama.cpp counts them, read by the scheduler thread between
+        two steps (none when the scheduler is not running: nothing runs then, and its cells are
+        not to be trusted)."""
         if not self._scheduler.alive:
-            return 0
+            return KvCells(0, 0)
         result: Future[object] = Future()
-        self._scheduler.commands.put(Probe(lambda: self.context.used_cells(self.config.n_parallel), result))
+        self._scheduler.commands.put(Probe(self._scheduler.kv_cells, result))
         cells = await asyncio.wrap_future(result)
-        assert isinstance(cells, int)
-        return cells
+        assert isinstance(cells, tuple)
+        return KvCells(*cells)
+
+    async def kv_cells_used(self) -> int:
+        """KV cells held by running requests (cells kept for the prompt cache are not counted)."""
+        return (await self.kv_cells()).used

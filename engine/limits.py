@@ -59,3 +59,17 @@ def refuse_surely_too_long(text: str, max_input: int, longest_piece: int | None,
             f"{longest_piece} bytes",
             field,
         )
+
+
+# llama.cpp gives each slot's stream a multiple of this many cells.
+CELL_BLOCK = 256
+
+
+def auto_slot_context(n_ctx_train: int, bytes_per_token: int, n_slots: int, budget_bytes: int) -> int:
+    """Cells per slot when --ctx-size is not given: the model's trained context, or as many as the KV
+    memory budget affords for every slot, whichever is less; a whole number of 256-cell blocks, and at
+    least one block (a smaller budget cannot be honoured)."""
+    affordable = budget_bytes // max(1, bytes_per_token * n_slots)
+    trained = n_ctx_train if n_ctx_train > 0 else affordable  # 0: the GGUF does not say
+    cells = min(trained, affordable) // CELL_BLOCK * CELL_BLOCK
+    return max(CELL_BLOCK, cells)

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import llama_cpp as C
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -25,9 +26,16 @@ log = logging.getLogger("tokenspout.llama")
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}  # its info is chatty
 
 
+# llama.cpp's own report of the KV memory it allocated for the last context, e.g. "size = 288.00 MiB
+# (24576 cells, 30 layers, 4/4 seqs), K (f16): ...": what the start-up log quotes.
+_kv_report: list[str] = []
+
+
 @C.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_to_python(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     python_level = _LEVELS.get(level, logging.DEBUG)
+    if text.startswith(b"llama_kv_cache: size ="):
+        _kv_report.append(text.decode("utf-8", "replace").removeprefix("llama_kv_cache: ").strip())
     if log.isEnabledFor(python_level):
         log.log(python_level, text.decode("utf-8", "replace").rstrip())
 
@@ -47,10 +55,14 @@ def init_backend() -> None:
 class Model:
     """A loaded GGUF model and its vocabulary."""
 
-    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+    def __init__(self, path: Path, n_gpu_layers: int = 0, *, repack: bool = True) -> None:
         init_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        # Repacked weights (interleaved for the CPU's SIMD width) take other matmul kernels for one
+        # row than for several, so a row's logits could depend on its batch: deterministic mode can
+        # turn them off.
+        params.use_extra_bufts = repack
         self.ptr = C.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise RuntimeError(f"llama.cpp could not load the model {path}")
@@ -62,6 +74,10 @@ class Model:
         self.bos: int = C.llama_vocab_bos(self.vocab)
         self.eos: int = C.llama_vocab_eos(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
+        self.n_layer: int = C.llama_model_n_layer(self.ptr)
+        self.n_head: int = C.llama_model_n_head(self.ptr)
+        self.n_head_kv: int = C.llama_model_n_head_kv(self.ptr)
+        self.n_embd: int = C.llama_model_n_embd(self.ptr)
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._special_pieces: list[bytes | None] = [None] * self.n_vocab
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -90,6 +106,24 @@ class Model:
         if self.ptr:
             C.llama_model_free(self.ptr)
             self.ptr = None
+
+    @property
+    def weight_type(self) -> str:
+        """The file type of the weights, as llama.cpp names it (``Q4_1``, ``Q4_K_M``, ``F16``...)."""
+        return _FTYPE_NAMES.get(C.llama_model_ftype(self.ptr), "unknown")
+
+    def kv_bytes_per_token(self, cell_type: int) -> int:
+        """Bytes of K and V one token takes in the KV cache over all layers, from the model's shape.
+
+        Head sizes come from the GGUF's ``attention.key_length``/``value_length`` where the model
+        states them (they need not be n_embd / n_head), else n_embd / n_head as llama.cpp assumes.
+        """
+        arch = self.metadata("general.architecture") or ""
+        default_head = self.n_embd // max(1, self.n_head)
+        head_k = int(self.metadata(f"{arch}.attention.key_length") or default_head)
+        head_v = int(self.metadata(f"{arch}.attention.value_length") or default_head)
+        per_element = CELL_TYPES[cell_type][1]
+        return int(self.n_layer * self.n_head_kv * (head_k + head_v) * per_element)
 
     def metadata(self, key: str) -> str | None:
         size = 1 << 16
@@ -186,46 +220,77 @@ def _running_spans(tokens: list[int], pieces: list[bytes]) -> list[tuple[int, st
     return spans
 
 
+_FTYPE_NAMES = {
+    getattr(C, name): name.removeprefix("LLAMA_FTYPE_MOSTLY_").removeprefix("LLAMA_FTYPE_")
+    for name in dir(C)
+    if name.startswith("LLAMA_FTYPE_") and name != "LLAMA_FTYPE_GUESSED"
+}
+
+# KV cell types the server uses: name and bytes per element (Q8_0: 32 values in 34 bytes).
+CELL_TYPES: dict[int, tuple[str, float]] = {
+    C.GGML_TYPE_F16: ("f16", 2.0),
+    C.GGML_TYPE_Q8_0: ("q8_0", 34 / 32),
+}
+
+
+class Shape(msgspec.Struct, frozen=True):
+    """How the context computes: KV cell type, micro-batch rows and flash attention.
+
+    Two are offered (``EngineConfig.deterministic`` picks one): the fastest measured on CPU (F16 cells,
+    micro-batches of 512, flash attention as llama.cpp sees fit) and the batch-invariant one described
+    on :class:`Context`.
+    """
+
+    cell_type: int
+    n_ubatch: int
+    flash_attn: int
+
+
+FAST = Shape(C.GGML_TYPE_F16, 512, C.LLAMA_FLASH_ATTN_TYPE_AUTO)
+DETERMINISTIC = Shape(C.GGML_TYPE_Q8_0, 32, C.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+
+
 class Context:
     """A llama context whose KV cache of ``n_ctx`` cells is shared out evenly among ``n_seq`` slots.
 
-    Greedy decoding must give one text whether a request runs alone or beside others (the guide's
-    contract), so a row's logits must not depend on what else is in the cache. Besides micro-batches
-    under 64 rows (``EngineConfig.n_ubatch``), two choices see to it:
+    Each slot has its own stream of cells (``kv_unified = False``): a sequence fills its stream from
+    cell 0 upwards, as it would alone, and a slot's cells can be kept, saved and restored on their own
+    (the prompt cache). In one shared pool, llama.cpp fills the holes a finished request leaves, so a
+    sequence's next token can land below its earlier ones and attention sums its cells in another order.
 
-    - Each slot has its own stream of cells (``kv_unified = False``). In one shared pool, llama.cpp
-      fills the holes a finished request leaves, so a running sequence's next token can land in a
-      cell below its earlier ones; flash attention then sums the cells in another order and rounds
-      differently. In its own stream, a sequence starts at cell 0 (freeing it moves the stream's head
-      back there) and grows upwards, exactly as when it runs alone.
-    - The cache is Q8_0. With F16 cells, a micro-batch of one row (a request decoding alone) takes a
-      split-KV attention path once the stream passes 256 cells, which rounds differently from the path
-      a batch of several rows takes. Quantized cells take one path always; Q8_0 cost no speed or
-      perplexity here (docs/design.md has the figures).
+    With the :data:`DETERMINISTIC` shape a row's logits do not depend on what else is in the batch or
+    the cache: micro-batches under 64 rows (from 64 on, a tiled kernel rounds differently) and Q8_0
+    cells (with F16 cells, a micro-batch of one row takes a split-KV attention path past 256 cells).
     """
 
     def __init__(
-        self, model: Model, *, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int, n_threads: int
+        self, model: Model, *, n_ctx: int, n_seq: int, n_batch: int, shape: Shape, n_threads: int
     ) -> None:
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = min(n_ubatch, n_batch)
+        params.n_ubatch = min(shape.n_ubatch, n_batch)
         params.n_seq_max = n_seq
         params.kv_unified = False
-        params.type_k = params.type_v = C.GGML_TYPE_Q8_0
+        params.type_k = params.type_v = shape.cell_type
+        params.flash_attn_type = shape.flash_attn
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
+        _kv_report.clear()
         self.ptr = C.llama_init_from_model(model.ptr, params)
         if not self.ptr:
             raise RuntimeError("llama.cpp could not create a context (is --ctx-size too large?)")
         self.model = model
+        self.shape = shape
         self.n_ctx: int = C.llama_n_ctx(self.ptr)
         self.n_ctx_slot: int = C.llama_n_ctx_seq(self.ptr)  # n_ctx / n_seq, rounded up to 256 cells
         self.n_batch: int = C.llama_n_batch(self.ptr)
+        self.n_ubatch: int = C.llama_n_ubatch(self.ptr)
         self.memory = C.llama_get_memory(self.ptr)
         self.batch = Batch(self.n_batch)
+        # What llama.cpp logged it allocated; None if this build words it otherwise.
+        self.kv_report: str | None = _kv_report[-1] if _kv_report else None
 
     def close(self) -> None:
         if self.ptr:
@@ -240,14 +305,35 @@ class Context:
         """Free every KV cell of ``seq_id``."""
         C.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
-    def used_cells(self, n_seq: int) -> int:
-        """KV cells in use, summed over sequences (positions are contiguous from 0 in each)."""
-        total = 0
-        for seq_id in range(n_seq):
-            top = C.llama_memory_seq_pos_max(self.memory, seq_id)
-            if top >= 0:
-                total += top - C.llama_memory_seq_pos_min(self.memory, seq_id) + 1
-        return total
+    def keep(self, seq_id: int, n: int) -> None:
+        """Keep the first ``n`` cells (positions 0..n-1) of ``seq_id`` and free the rest."""
+        if not C.llama_memory_seq_rm(self.memory, seq_id, n, -1):
+            raise RuntimeError(f"llama.cpp could not trim sequence {seq_id} to {n} cells")
+
+    def cells(self, seq_id: int) -> int:
+        """KV cells ``seq_id`` holds (its positions are contiguous from 0)."""
+        top = C.llama_memory_seq_pos_max(self.memory, seq_id)
+        return 0 if top < 0 else top - C.llama_memory_seq_pos_min(self.memory, seq_id) + 1
+
+    def state_size(self, seq_id: int) -> int:
+        """Bytes :meth:`save` would take for ``seq_id``."""
+        return int(C.llama_state_seq_get_size(self.ptr, seq_id))
+
+    def save(self, seq_id: int) -> bytes:
+        """``seq_id``'s cells as llama.cpp's sequence state, in host memory."""
+        size = self.state_size(seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
+        if written != size:
+            raise RuntimeError(f"llama.cpp wrote {written} of {size} bytes of sequence {seq_id}'s state")
+        return bytes(buf)
+
+    def restore(self, seq_id: int, data: bytes) -> None:
+        """Replace ``seq_id``'s cells with a saved state; it fills the stream from cell 0."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if C.llama_state_seq_set_data(self.ptr, buf, len(data), seq_id) == 0:
+            self.forget(seq_id)  # a failed load may leave part of it behind
+            raise RuntimeError(f"llama.cpp could not restore a saved state into sequence {seq_id}")
 
     def logits(self, index: int) -> npt.NDArray[np.float32]:
         """The logits of batch row ``index``, as a view (valid until the next decode)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import queue
 import threading
@@ -21,11 +20,12 @@ from concurrent.futures import Future
 
 import msgspec
 
-from engine.batching import chunk_budget, plan_prefill, track_cost
+from engine.batching import chunk_budget, plan_prefill, prefill_left, track_cost
 from engine.constraint import Guide
 from engine.errors import GenerationError
 from engine.handle import RequestHandle, deliver
 from engine.llama import Context
+from engine.prompt_cache import RamCache, SlotView, place
 from engine.sampling import Sampler, log_softmax, top_tokens
 from engine.text import TextStream
 from engine.types import (
@@ -49,11 +49,13 @@ class Sequence:
     __slots__ = (
         "admitted",
         "cancelled",
+        "decoded",
         "first_token",
         "guide",
         "handle",
         "n_cached",
         "n_generated",
+        "n_reused",
         "next_token",
         "prompt",
         "request",
@@ -72,6 +74,8 @@ class Sequence:
         self.prompt = request.prompt_tokens
         self.slot = -1
         self.n_cached = 0  # tokens of this sequence in the KV cache = position of the next one
+        self.n_reused = 0  # prompt tokens whose cells came from the prompt cache
+        self.decoded: list[int] = []  # generated tokens whose cells are in the KV cache
         self.n_generated = 0
         self.next_token = -1  # sampled last step, decoded this step
         self.row = -1  # batch row whose logits to sample this step, -1 for none
@@ -117,7 +121,12 @@ Command = Submit | Cancel | Probe | AbortAll | Stop
 
 class Scheduler:
     def __init__(
-        self, context: Context, n_slots: int, prefill_chunk: int, step_target_seconds: float
+        self,
+        context: Context,
+        n_slots: int,
+        prefill_chunk: int,
+        step_target_seconds: float,
+        cache_ram_bytes: int = 0,
     ) -> None:
         self.context = context
         self.model = context.model
@@ -128,7 +137,15 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.slots: list[Sequence | None] = [None] * n_slots  # the running ones by slot = KV stream
-        self.free_slots = list(range(n_slots))  # a heap: the lowest free slot is taken first
+        self.free_slots = list(range(n_slots))
+        # The prompt cache: the exact tokens each free slot's stream holds, when it was last used
+        # (a tick of ``_clock``), and sequence states saved to host RAM.
+        self.slot_tokens: list[tuple[int, ...]] = [()] * n_slots
+        self.slot_used = [0] * n_slots
+        self.ram = RamCache(cache_ram_bytes)
+        self._clock = 0
+        self.prompt_tokens_cached = 0
+        self.prompt_tokens_computed = 0
         self.steps = 0
         self._outbox: list[tuple[RequestHandle, Event]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -211,16 +228,16 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
-            seq.slot = heapq.heappop(self.free_slots)
+            self._place(seq)
             self.slots[seq.slot] = seq
             seq.admitted = time.perf_counter()
             seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
             self.running.append(seq)
 
     def _release(self, seq: Sequence) -> None:
-        self.context.forget(seq.slot)
+        self._park(seq)
         self.slots[seq.slot] = None
-        heapq.heappush(self.free_slots, seq.slot)
+        self.free_slots.append(seq.slot)
         seq.slot = -1
         if seq.sampler is not None:
             seq.sampler.close()
@@ -236,10 +253,13 @@ class Scheduler:
             # Admission keeps every request within its slot's cells, so this is llama.cpp failing
             # (out of memory, a backend error): fail this batch's requests, keep serving the rest.
             for seq in batch:
+                seq.n_cached = 0  # which of its cells the failed call wrote is unknown: keep none
                 self._fail(seq, f"llama_decode failed with code {code}")
             return
         self.steps += 1
         for seq in batch:
+            if seq.prefilled:  # it decoded the token it sampled last step
+                seq.decoded.append(seq.next_token)
             seq.n_cached += seq.step_tokens
             if seq.row >= 0:
                 self._sample(seq)
@@ -266,9 +286,9 @@ class Scheduler:
             self.prefill_chunk,
             self.seconds_per_prompt_token,
             self.step_target_seconds,
-            fresh_prompt=bool(prefilling) and prefilling[0].n_cached == 0,
+            fresh_prompt=bool(prefilling) and prefilling[0].n_cached == prefilling[0].n_reused,
         )
-        plan = plan_prefill([len(s.prompt) - s.n_cached for s in prefilling], budget)
+        plan = plan_prefill([prefill_left(len(s.prompt), s.n_cached) for s in prefilling], budget)
         for seq, take in zip(prefilling, plan, strict=True):
             seq.step_tokens = take
         buffer.clear()
@@ -344,7 +364,8 @@ class Scheduler:
     def _finish(self, seq: Sequence, last: TokenEvent, reason: FinishReason) -> None:
         now = time.perf_counter()
         timing = Timing(seq.admitted - seq.submitted, seq.first_token - seq.submitted, now - seq.submitted)
-        self._emit(seq, FinishEvent(last, reason, Usage(len(seq.prompt), seq.n_generated), timing))
+        usage = Usage(len(seq.prompt), seq.n_generated, seq.n_reused)
+        self._emit(seq, FinishEvent(last, reason, usage, timing))
         self.running.remove(seq)
         self._release(seq)
 
@@ -353,6 +374,80 @@ class Scheduler:
         self._emit(seq, ErrorEvent(GenerationError(error) if isinstance(error, str) else error))
         self.running.remove(seq)
         self._release(seq)
+
+    # -- the prompt cache (policy in engine/prompt_cache.py; this only carries it out) ----------------
+    def _place(self, seq: Sequence) -> None:
+        """Give ``seq`` the free slot the policy chooses, with the cells of its prompt it may keep."""
+        self._clock += 1
+        views = [SlotView(s, self.slot_tokens[s], self.slot_used[s]) for s in self.free_slots]
+        decision = place(seq.prompt, views, self.ram.views())
+        slot = decision.slot
+        self.free_slots.remove(slot)
+        keep = decision.keep
+        # Taken before saving: the save may evict the very entry to restore, to make room for itself.
+        entry = None if decision.restore is None else self.ram.take(decision.restore, self._clock)
+        try:
+            if decision.save:
+                self._save(slot)
+            if entry is not None:
+                self.slot_tokens[slot] = ()  # the stream is being overwritten: trust none of it
+                self.context.restore(slot, entry.data)
+                self.slot_tokens[slot] = entry.tokens
+            keep = self._verified(slot, seq.prompt, keep)
+            self.context.keep(slot, keep)
+        except RuntimeError as exc:
+            log.warning("prompt cache: %s; prefilling the whole prompt", exc)
+            self.context.forget(slot)
+            keep = 0
+        self.slot_tokens[slot] = ()  # while it runs, the sequence itself says what the stream holds
+        seq.slot = slot
+        seq.n_cached = seq.n_reused = keep
+        self.prompt_tokens_cached += keep
+        self.prompt_tokens_computed += len(seq.prompt) - keep
+
+    def _verified(self, slot: int, prompt: tuple[int, ...], keep: int) -> int:
+        """``keep``, once checked against the stream: it must hold exactly the tokens recorded for it,
+        and they must begin with the prompt's first ``keep`` tokens. Otherwise 0: a request never
+        continues cells that are not its own prefix."""
+        held = self.slot_tokens[slot]
+        if keep == 0:
+            return 0
+        if self.context.cells(slot) != len(held) or held[:keep] != prompt[:keep]:
+            log.error("prompt cache: slot %d does not hold the recorded tokens; not reusing it", slot)
+            return 0
+        return keep
+
+    def _save(self, slot: int) -> None:
+        """Copy a free slot's cells to the RAM cache (if they fit its budget)."""
+        tokens = self.slot_tokens[slot]
+        if self.context.cells(slot) != len(tokens) or not self.ram.fits(self.context.state_size(slot)):
+            return
+        self.ram.add(tokens, self.context.save(slot), self._clock)
+
+    def _park(self, seq: Sequence) -> None:
+        """A sequence leaves its slot: keep the cells it certainly wrote, and remember their tokens."""
+        held = (seq.prompt + tuple(seq.decoded))[: seq.n_cached]
+        try:
+            self.context.keep(seq.slot, len(held))
+        except RuntimeError as exc:
+            log.warning("prompt cache: %s; dropping the slot's cells", exc)
+            self.context.forget(seq.slot)
+            held = ()
+        self.slot_tokens[seq.slot] = held
+        self._clock += 1
+        self.slot_used[seq.slot] = self._clock
+
+    def kv_cells(self) -> tuple[int, int]:
+        """(cells held by running requests, cells kept for the prompt cache), as llama.cpp counts
+        them. Scheduler thread only."""
+        running = cached = 0
+        for slot, seq in enumerate(self.slots):
+            n = self.context.cells(slot)
+            if seq is None:
+                cached += n
+            else:
+                running += n
+        return running, cached
 
     def _emit(self, seq: Sequence, event: Event) -> None:
         if not seq.cancelled:

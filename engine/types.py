@@ -90,6 +90,7 @@ class TokenEvent(msgspec.Struct, frozen=True, gc=False):
 class Usage(msgspec.Struct, frozen=True, gc=False):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cells came from the prompt cache
 
     @property
     def total_tokens(self) -> int:

@@ -30,6 +30,25 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+class CtxSize(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 on
+    """``auto`` (None) or a number of KV cells."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            cells = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number of tokens", param, ctx)
+        if cells < 64:
+            self.fail(f"{cells} is smaller than 64 tokens", param, ctx)
+        return cells
+
+
 def _option(*names: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=f"TOKENSPOUT_{envvar}", show_envvar=True, show_default=True, **kwargs)
 
@@ -74,10 +93,36 @@ def main() -> None:
 @_option(
     "--ctx-size",
     envvar="CTX_SIZE",
-    type=click.IntRange(min=64),
-    default=4096,
+    type=CtxSize(),
+    default="auto",
     help="KV cache size in tokens, shared out evenly among the slots (rounded up to 256 per slot): "
-    "one request holds at most CTX_SIZE / PARALLEL tokens.",
+    "one request holds at most CTX_SIZE / PARALLEL tokens. 'auto': each slot gets the model's trained "
+    "context, or what --kv-budget-mib affords, whichever is less.",
+)
+@_option(
+    "--kv-budget-mib",
+    envvar="KV_BUDGET_MIB",
+    type=click.IntRange(min=1),
+    default=1024,
+    help="With --ctx-size auto: the most KV cache memory to allocate for all slots together, in MiB.",
+)
+@_option(
+    "--cache-ram",
+    envvar="CACHE_RAM",
+    type=click.IntRange(min=0),
+    default=256,
+    help="Host RAM in MiB for the prompt cache's saved sequence states (a slot's KV, saved before the "
+    "slot is given to an unrelated prompt, restored when a prompt continues it). 0 turns it off; "
+    "free slots still keep their last request's KV for the next prompt that shares its prefix.",
+)
+@_option(
+    "--deterministic",
+    envvar="DETERMINISTIC",
+    is_flag=True,
+    default=False,
+    help="Bit-identical logits (greedy and seeded text, logprobs included) whether a request runs alone "
+    "or batched and whether its prompt comes from the prompt cache or not: Q8_0 KV cells, micro-batches "
+    "of 32, no repacked weights. Slower prefill; the README says for which weight types it holds.",
 )
 @_option(
     "--threads",
@@ -104,9 +149,9 @@ def main() -> None:
     "--ubatch-size",
     envvar="UBATCH_SIZE",
     type=click.IntRange(min=1),
-    default=32,
-    help="Rows per physical micro-batch. On CPU, llama.cpp rounds differently from 64 rows on, so up to "
-    "63 a request's greedy text does not depend on what else is in its batch; larger can prefill faster.",
+    default=None,
+    help="Rows per physical micro-batch. Default: 512, or 32 with --deterministic (on CPU, llama.cpp "
+    "rounds differently from 64 rows on, so --deterministic refuses 64 or more).",
 )
 @_option(
     "--step-target-ms",
@@ -181,6 +226,9 @@ def serve(**options: object) -> None:
         raise click.ClickException(str(exc)) from None
     if options["threads"] is None:
         options["threads"] = physical_cores()
+    ubatch = options["ubatch_size"]
+    if options["deterministic"] and isinstance(ubatch, int) and ubatch >= 64:
+        raise click.BadParameter("must be under 64 with --deterministic", param_hint="--ubatch-size")
     logging.basicConfig(level=str(options["log_level"]).upper(), format="%(levelname)s %(name)s: %(message)s")
     sys.exit(run(ServeOptions(**options)))  # type: ignore[arg-type]
 

@@ -38,6 +38,7 @@ class Metrics(Collector):
         self.successes = 0
         self.failures: Counter[str] = Counter()
         self.kv_cells_used = 0
+        self.kv_cells_cached = 0
         self.registry = CollectorRegistry()
         self.registry.register(self)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
@@ -111,11 +112,37 @@ class Metrics(Collector):
             stats.admitted,
         )
         yield GaugeMetricFamily("tokenspout_slots_free", "Free sequence slots", stats.free_slots)
-        yield GaugeMetricFamily("tokenspout_kv_cells_used", "KV cache cells in use", self.kv_cells_used)
+        yield GaugeMetricFamily(
+            "tokenspout_kv_cells_used", "KV cache cells held by running requests", self.kv_cells_used
+        )
+        yield GaugeMetricFamily(
+            "tokenspout_kv_cells_cached",
+            "KV cache cells kept in free slots for the prompt cache",
+            self.kv_cells_cached,
+        )
         yield _counter("tokenspout_decode_steps", "llama_decode steps run", stats.steps)
+        yield _counter(
+            "tokenspout_prompt_tokens_cached",
+            "Prompt tokens whose KV came from the prompt cache",
+            stats.prompt_tokens_cached,
+        )
+        yield _counter(
+            "tokenspout_prompt_tokens_computed", "Prompt tokens prefilled", stats.prompt_tokens_computed
+        )
+        yield GaugeMetricFamily(
+            "tokenspout_prompt_cache_bytes",
+            "Host RAM held by the prompt cache's saved sequence states",
+            stats.prompt_cache_bytes,
+        )
+        yield GaugeMetricFamily(
+            "tokenspout_prompt_cache_entries",
+            "Sequence states saved in the prompt cache",
+            stats.prompt_cache_entries,
+        )
 
     async def render(self) -> bytes:
-        self.kv_cells_used = await self.engine.kv_cells_used()
+        cells = await self.engine.kv_cells()
+        self.kv_cells_used, self.kv_cells_cached = cells.used, cells.cached
         return generate_latest(self.registry)
 
 

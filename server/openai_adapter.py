@@ -162,7 +162,9 @@ def _budget(n_prompt: int, requested: int | None, limits: Limits, prompt_field: 
 
 def usage(event: FinishEvent) -> w.UsageOut:
     u = event.usage
-    return w.UsageOut(u.prompt_tokens, u.completion_tokens, u.total_tokens)
+    return w.UsageOut(
+        u.prompt_tokens, u.completion_tokens, u.total_tokens, w.PromptTokensDetails(u.cached_tokens)
+    )
 
 
 def _token_logprob(event: TokenEvent) -> w.TokenLogprobOut:

@@ -130,10 +130,15 @@ class CompletionRequest(SamplingFields, kw_only=True):
 # -- responses -----------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(Struct):
+    cached_tokens: int  # prompt tokens served from the prompt cache
+
+
 class UsageOut(Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class TopLogprobOut(Struct):

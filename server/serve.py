@@ -25,11 +25,14 @@ class ServeOptions(msgspec.Struct, frozen=True):
     port: int
     max_concurrent_requests: int
     parallel: int
-    ctx_size: int
+    ctx_size: int | None
+    kv_budget_mib: int
+    cache_ram: int
+    deterministic: bool
     threads: int
     n_gpu_layers: int
     batch_size: int
-    ubatch_size: int
+    ubatch_size: int | None
     step_target_ms: float
     api_key: str | None
     max_input_tokens: int | None
@@ -42,19 +45,23 @@ class ServeOptions(msgspec.Struct, frozen=True):
 
 
 def run(o: ServeOptions) -> int:
-    log.info("loading %s (ctx %d, %d slots, %d threads)", o.model, o.ctx_size, o.parallel, o.threads)
+    ctx = "auto" if o.ctx_size is None else o.ctx_size
+    log.info("loading %s (ctx %s, %d slots, %d threads)", o.model, ctx, o.parallel, o.threads)
     try:
         engine = Engine(
             EngineConfig(
                 model_path=str(o.model),
                 n_ctx=o.ctx_size,
+                kv_budget_mib=o.kv_budget_mib,
                 n_parallel=o.parallel,
                 n_threads=o.threads,
                 n_gpu_layers=o.n_gpu_layers,
-                n_batch=min(o.batch_size, o.ctx_size),
+                n_batch=o.batch_size,
+                deterministic=o.deterministic,
                 n_ubatch=o.ubatch_size,
                 step_target_ms=o.step_target_ms,
                 max_concurrent_requests=o.max_concurrent_requests,
+                cache_ram_mib=o.cache_ram,
             )
         )
     except RuntimeError as exc:
@@ -69,7 +76,9 @@ def run(o: ServeOptions) -> int:
         cors_allow_origins=o.cors_allow_origins,
     )
     app = create_app(engine, settings)
-    log.info("KV cache: %d cells, %d per slot", engine.context.n_ctx, engine.n_ctx_slot)
+    log.info("%s", engine.describe_context())
+    log.info("%s", engine.describe_determinism())
+    log.info("prompt cache: free slots keep their KV; %d MiB of host RAM for saved states", o.cache_ram)
     log.info("serving %s on http://%s:%d", engine.model_id, o.host, o.port)
     config = uvicorn.Config(
         app,

@@ -35,8 +35,16 @@ def start_server(model_path: str) -> ServerFactory:
 
 @pytest.fixture(scope="session")
 def base_url(start_server: ServerFactory) -> Iterator[str]:
-    """One shared server with the default settings (4 slots of 1,024 cells: a 4,096-cell cache)."""
+    """One shared server with the default settings (4 slots, each the model's trained context within
+    the default KV budget; the fast context shape; the prompt cache on)."""
     with start_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def deterministic_url(start_server: ServerFactory) -> Iterator[str]:
+    """One shared server with ``--deterministic``: what bit-identity tests need."""
+    with start_server("--deterministic") as url:
         yield url
 
 

@@ -20,7 +20,8 @@ def metrics(base_url: str) -> dict[str, float]:
 
 
 def wait_until_idle(base_url: str, timeout: float = 10.0) -> dict[str, float]:
-    """Poll /metrics until no request is admitted, running or queued and every KV cell is free."""
+    """Poll /metrics until no request is admitted, running or queued and no running request holds a
+    KV cell (free slots keep theirs for the prompt cache: ``tokenspout_kv_cells_cached``)."""
     deadline = time.monotonic() + timeout
     while True:
         m = metrics(base_url)

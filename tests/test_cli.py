@@ -38,6 +38,9 @@ def test_help_lists_every_contract_flag_with_its_environment_variable() -> None:
         "--max_concurrent_requests",
         "--parallel",
         "--ctx-size",
+        "--kv-budget-mib",
+        "--cache-ram",
+        "--deterministic",
         "--threads",
         "--n-gpu-layers",
         "--api-key",
@@ -49,3 +52,14 @@ def test_help_lists_every_contract_flag_with_its_environment_variable() -> None:
         assert flag in text, flag
     assert "TOKENSPOUT_MAX_CONCURRENT_REQUESTS" in text and "TOKENSPOUT_API_KEY" in text
     assert "127.0.0.1" in text and "8080" in text
+
+
+def test_deterministic_mode_refuses_micro_batches_of_64_rows_or_more() -> None:
+    result = tokenspout("serve", "--deterministic", "--ubatch-size", "64")
+    assert result.returncode != 0 and "--ubatch-size" in result.stderr and "64" in result.stderr
+
+
+def test_ctx_size_is_auto_or_a_number() -> None:
+    result = tokenspout("serve", "--ctx-size", "lots")
+    assert result.returncode != 0 and "'lots' is neither 'auto' nor a number" in result.stderr
+    assert "TOKENSPOUT_CTX_SIZE" in tokenspout("serve", "--help").stdout

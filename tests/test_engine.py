@@ -12,12 +12,13 @@ from engine.types import GenerationRequest
 
 
 def test_a_failing_decode_fails_its_requests_and_the_engine_goes_on(model_path: str) -> None:
-    """llama_decode failing (out of memory, a backend error) is injected once, on the first step."""
+    """llama_decode failing (out of memory, a backend error) is injected once, on the third step: after
+    the prompt's cells were written (two steps: all but its last token, then the last one)."""
 
     async def scenario() -> None:
         engine = Engine(EngineConfig(model_path=model_path, n_threads=2))
         real_decode = engine.context.decode
-        injected = iter([-3])
+        injected = iter([0, 0, -3])
         engine.context.decode = lambda: next(injected, None) or real_decode()  # type: ignore[method-assign]
         engine.start()
         try:
@@ -26,7 +27,11 @@ def test_a_failing_decode_fails_its_requests_and_the_engine_goes_on(model_path: 
                 await engine.submit(request).collect()
             after = await engine.submit(request).collect()
             assert len(after.tokens) == 5 and after.text
-            assert engine.stats().free_slots == 4 and await engine.kv_cells_used() == 0
+            # the failed request's cells were all dropped: nothing of them was reused
+            assert after.finish.usage.cached_tokens == 0
+            cells = await engine.kv_cells()
+            assert engine.stats().free_slots == 4 and cells.used == 0
+            assert cells.cached == len(request.prompt_tokens) + 4  # the last sampled token was not decoded
         finally:
             engine.close()
 

@@ -91,6 +91,8 @@ def test_chunk_format_role_finish_reason_usage_and_done(base_url: str, client: h
         usage_chunk.usage.total_tokens
         == usage_chunk.usage.prompt_tokens + usage_chunk.usage.completion_tokens
     )
+    details = usage_chunk.usage.prompt_tokens_details
+    assert details is not None and 0 <= (details.cached_tokens or 0) < usage_chunk.usage.prompt_tokens
     raw = stream_events(client, CHAT, {"messages": user("Say hello."), "max_tokens": 4})
     assert raw[-1][1] == "[DONE]"
     assert all(json.loads(d).get("usage") is None for _, d in raw[:-1])  # no usage chunk unless asked
@@ -106,11 +108,21 @@ def test_non_streamed_answer_carries_usage_and_echoes_the_model_name(base_url: s
     assert [m.id for m in sdk(base_url).models.list().data]
 
 
-def test_greedy_streamed_text_equals_non_streamed_text(base_url: str) -> None:
+@pytest.mark.parametrize("mode", ["fast", "deterministic"])
+def test_greedy_streamed_text_equals_non_streamed_text(mode: str, request: pytest.FixtureRequest) -> None:
+    # The second of two identical requests finds the first one's cells in the prompt cache: the text
+    # must not change with it, in either mode.
+    base_url = request.getfixturevalue("base_url" if mode == "fast" else "deterministic_url")
     prompt = "Explain in three sentences why the sky is blue."
     whole = chat_text(base_url, prompt, max_tokens=60, temperature=0)
     streamed, _ = streamed_chat_text(base_url, prompt, max_tokens=60, temperature=0)
     assert streamed == whole and len(whole) > 20
+    again = sdk(base_url).chat.completions.create(
+        model="any", messages=user(prompt), max_tokens=60, temperature=0, stream=False
+    )
+    assert again.choices[0].message.content == whole
+    assert again.usage and again.usage.prompt_tokens_details
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
     completion = sdk(base_url).completions.create(
         model="m", prompt="The three primary colors are", max_tokens=30, temperature=0
     )
@@ -154,7 +166,10 @@ BATCHED_CASES = [
 @pytest.mark.parametrize(
     "sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 7}], ids=["greedy", "seeded"]
 )
-def test_four_requests_batched_together_match_each_alone(base_url: str, sampling: dict[str, Any]) -> None:
+def test_four_requests_batched_together_match_each_alone(
+    deterministic_url: str, sampling: dict[str, Any]
+) -> None:
+    base_url = deterministic_url
     alone = [token_trace(base_url, prompt, n, False, sampling) for prompt, n in BATCHED_CASES]
     for _ in range(2):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
