@@ -47,6 +47,11 @@ class EngineStats(msgspec.Struct, frozen=True):
     waiting: int
     free_slots: int
     steps: int
+    # KV cells held by running requests (prompt and generated tokens so far), and the cache's size:
+    # what a load-aware router reads as KV-cache usage. Cells a finished request leaves behind for
+    # reuse are not counted: a new request can take them.
+    kv_cells_running: int
+    kv_cells_total: int
 
 
 class Engine:
@@ -147,13 +152,18 @@ class Engine:
 
     # -- observation -------------------------------------------------------------------------------
     def stats(self) -> EngineStats:
+        """A snapshot read from the event loop without stopping the scheduler: each figure is exact at
+        some instant of the current step, which is all a gauge needs."""
         s = self._scheduler
+        running = tuple(s.running)  # one atomic copy; the scheduler thread may change the list meanwhile
         return EngineStats(
             admitted=self._admitted,
-            running=len(s.running),
+            running=len(running),
             waiting=len(s.waiting),
             free_slots=len(s.free_slots),
             steps=s.steps,
+            kv_cells_running=sum(seq.n_cached for seq in running),
+            kv_cells_total=self.context.n_ctx,
         )
 
     async def kv_cells_used(self) -> int:
