@@ -171,12 +171,14 @@ class Cluster:
         process.kill()
         process.wait()
 
-    def upstream_statuses(self) -> list[str]:
-        """``$upstream_status`` of every request so far, in the order nginx logged them."""
+    def upstream_statuses(self, marker: str = "") -> list[str]:
+        """``$upstream_status`` of every request logged so far whose line holds ``marker`` (a query
+        string, say), in the order nginx logged them."""
         if not self.access_log.exists():
             return []
-        found = re.findall(r"upstream_status=(.*?) request_time=", self.access_log.read_text())
-        return [str(status) for status in found]
+        lines = [line for line in self.access_log.read_text().splitlines() if marker in line]
+        found = (re.search(r"upstream_status=(.*?) request_time=", line) for line in lines)
+        return [m.group(1) for m in found if m]
 
 
 def _until_healthy(process: subprocess.Popen[bytes], url: str, log: Path | None = None) -> None:
