@@ -33,7 +33,8 @@ class ClientGone(Exception):
 class Problem(msgspec.Struct, frozen=True):
     status: int
     message: str
-    kind: str  # overloaded validation authentication payload generation unavailable not_found cancelled
+    # overloaded validation authentication payload generation unavailable not_found cancelled timeout
+    kind: str
     param: str | None = None
 
 
@@ -76,6 +77,7 @@ _OPENAI_TYPES = {
     "unavailable": "server_error",
     "not_found": "invalid_request_error",
     "cancelled": "invalid_request_error",
+    "timeout": "invalid_request_error",
 }
 
 
