@@ -69,8 +69,8 @@ browser:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
     fi
 
-# Install Debian's nginx for `just cluster` and the cluster tests when it is missing (Debian also
-# enables its own nginx service on port 80 where systemd runs; ours is a separate, private instance)
+# (Where systemd runs, Debian also enables its own nginx service on port 80; ours is a private one.)
+# Install Debian's nginx for `just cluster` and the cluster tests when it is missing
 nginx:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -80,8 +80,8 @@ nginx:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx
     fi
 
-# N replicas on loopback ports behind nginx on 127.0.0.1:8080 (deploy/nginx.conf), in the foreground;
-# Ctrl-C stops them all. Other flags go to every replica: just cluster 3 --max-concurrent-requests 8
+# Other flags go to every replica: just cluster 3 --max-concurrent-requests 8. Ctrl-C stops them all.
+# N replicas on loopback ports behind nginx on 127.0.0.1:8080 (deploy/nginx.conf), in the foreground
 cluster n="2" *flags: setup nginx
     {{ bin }}/tokenspout models pull
     {{ bin }}/python -m deploy.cluster {{ n }} {{ flags }}
