@@ -14,7 +14,7 @@ serve *flags: setup
     {{ bin }}/tokenspout serve {{ flags }}
 
 # Lint, type-check and run the whole test suite against the real model and a real server
-test *pytest_args: setup browser
+test *pytest_args: setup browser nginx
     {{ bin }}/tokenspout models pull
     {{ bin }}/ruff check .
     {{ bin }}/ruff format --check .
@@ -68,6 +68,23 @@ browser:
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
     fi
+
+# (Where systemd runs, Debian also enables its own nginx service on port 80; ours is a private one.)
+# Install Debian's nginx for `just cluster` and the cluster tests when it is missing
+nginx:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx
+    fi
+
+# Other flags go to every replica: just cluster 3 --max-concurrent-requests 8. Ctrl-C stops them all.
+# N replicas on loopback ports behind nginx on 127.0.0.1:8080 (deploy/nginx.conf), in the foreground
+cluster n="2" *flags: setup nginx
+    {{ bin }}/tokenspout models pull
+    {{ bin }}/python -m deploy.cluster {{ n }} {{ flags }}
 
 # Format the code
 fmt: setup

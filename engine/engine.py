@@ -60,6 +60,11 @@ class EngineStats(msgspec.Struct, frozen=True):
     prompt_tokens_computed: int  # prompt tokens prefilled
     prompt_cache_bytes: int  # host RAM held by saved sequence states
     prompt_cache_entries: int
+    # KV cells held by running requests (prompt and generated tokens so far), and the cache's size:
+    # what a load-aware router reads as KV-cache usage. Cells a finished request leaves behind for
+    # reuse are not counted: a new request can take them.
+    kv_cells_running: int
+    kv_cells_total: int
 
 
 # Weight types (llama.cpp file types) for which --deterministic was checked bit-identical on CPU
@@ -219,10 +224,13 @@ class Engine:
 
     # -- observation -------------------------------------------------------------------------------
     def stats(self) -> EngineStats:
+        """A snapshot read from the event loop without stopping the scheduler: each figure is exact at
+        some instant of the current step, which is all a gauge needs."""
         s = self._scheduler
+        running = tuple(s.running)  # one atomic copy; the scheduler thread may change the list meanwhile
         return EngineStats(
             admitted=self._admitted,
-            running=len(s.running),
+            running=len(running),
             waiting=len(s.waiting),
             free_slots=len(s.free_slots),
             steps=s.steps,
@@ -230,6 +238,8 @@ class Engine:
             prompt_tokens_computed=s.prompt_tokens_computed,
             prompt_cache_bytes=s.ram.bytes,
             prompt_cache_entries=len(s.ram.entries),
+            kv_cells_running=sum(seq.n_cached for seq in running),
+            kv_cells_total=self.context.n_ctx,
         )
 
     async def kv_cells(self) -> KvCells:

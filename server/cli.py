@@ -210,6 +210,14 @@ def main() -> None:
     help="On SIGTERM, seconds to let running requests finish (new ones get 503) before ending them.",
 )
 @_option(
+    "--request-read-timeout",
+    envvar="REQUEST_READ_TIMEOUT",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    help="Seconds a client has to send a whole request (headers and body) once it starts; then it gets "
+    "408 and the connection is closed, instead of being held forever.",
+)
+@_option(
     "--log-level",
     envvar="LOG_LEVEL",
     default="info",

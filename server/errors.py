@@ -7,6 +7,7 @@ OpenAI routes answer ``{"error": {"message", "type", "param", "code"}}``; TGI ro
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import msgspec
@@ -14,11 +15,12 @@ from litestar import Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 
 from engine import GenerationError, OverloadedError, UnavailableError, ValidationError
-from server.state import AnyRequest
+from server.state import AnyRequest, services
 
 log = logging.getLogger("tokenspout.server")
 
-RETRY_AFTER_SECONDS = "1"
+RETRY_AFTER_SECONDS = 1  # when nothing has been measured yet, and for 503 (a drain or a start-up)
+RETRY_AFTER_MAX = 60  # the openai SDK ignores a longer Retry-After and backs off on its own instead
 
 
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
@@ -38,7 +40,8 @@ class ModelNotFound(Exception):
 class Problem(msgspec.Struct, frozen=True):
     status: int
     message: str
-    kind: str  # overloaded validation authentication payload generation unavailable not_found cancelled
+    # overloaded validation authentication payload generation unavailable not_found cancelled timeout
+    kind: str
     param: str | None = None
 
 
@@ -85,6 +88,7 @@ _OPENAI_TYPES = {
     "unavailable": "server_error",
     "not_found": "invalid_request_error",
     "cancelled": "invalid_request_error",
+    "timeout": "invalid_request_error",
 }
 
 
@@ -102,8 +106,23 @@ def tgi_body(problem: Problem) -> dict[str, object]:
     return {"error": problem.message, "error_type": problem.kind}
 
 
-def _headers(problem: Problem) -> dict[str, str]:
-    return {"Retry-After": RETRY_AFTER_SECONDS} if problem.status in (429, 503) else {}
+def retry_after(waiting: int, running: int, seconds_in_slot: float | None) -> int:
+    """Whole seconds until a refused request is likely to be admitted and start: the requests already
+    waiting, plus the place it needs, must leave the queue first, and running requests free a place
+    every ``seconds_in_slot / running`` seconds on average. A client that honours it comes back when
+    the backlog it saw has drained, instead of hammering a full replica every second."""
+    if seconds_in_slot is None or seconds_in_slot <= 0:
+        return RETRY_AFTER_SECONDS
+    seconds = seconds_in_slot * (waiting + 1) / max(running, 1)
+    return min(max(math.ceil(seconds), RETRY_AFTER_SECONDS), RETRY_AFTER_MAX)
+
+
+def _headers(problem: Problem, request: AnyRequest) -> dict[str, str]:
+    if problem.status == 429:
+        s = services(request)
+        stats = s.engine.stats()
+        return {"Retry-After": str(retry_after(stats.waiting, stats.running, s.metrics.service_seconds))}
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if problem.status == 503 else {}
 
 
 def exception_handler(request: AnyRequest, exc: Exception) -> Response[object]:
@@ -114,4 +133,4 @@ def exception_handler(request: AnyRequest, exc: Exception) -> Response[object]:
     if request.state.get("counted"):  # a generation request: count how it failed
         request.app.state.services.metrics.failure(problem.kind)
     body = openai_body(problem) if openai else tgi_body(problem)
-    return Response(body, status_code=problem.status, headers=_headers(problem))
+    return Response(body, status_code=problem.status, headers=_headers(problem, request))

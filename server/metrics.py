@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine import Engine, FinishEvent
+from engine import Engine, EngineStats, FinishEvent
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # TGI exposes no *_created series; keep the output the same
 
@@ -29,6 +29,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TOKENS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 _RATES = (1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000, 2000)
+_RECENT = 0.2  # weight of the newest request in the moving average of time in a slot
 
 
 class Metrics(Collector):
@@ -39,6 +40,7 @@ class Metrics(Collector):
         self.failures: Counter[str] = Counter()
         self.kv_cells_used = 0
         self.kv_cells_cached = 0
+        self.service_seconds: float | None = None  # recent seconds a request holds a slot (Retry-After)
         self.registry = CollectorRegistry()
         self.registry.register(self)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
@@ -89,6 +91,9 @@ class Metrics(Collector):
         self.queue_duration.observe(timing.queued)
         self.duration.observe(timing.total)
         self.first_token.observe(timing.first_token)
+        in_slot = max(timing.total - timing.queued, 0.0)
+        previous = self.service_seconds
+        self.service_seconds = in_slot if previous is None else previous + _RECENT * (in_slot - previous)
         decoding = timing.total - timing.first_token
         if usage.completion_tokens > 0:
             self.time_per_token.observe(timing.total / usage.completion_tokens)
@@ -139,6 +144,25 @@ class Metrics(Collector):
             "Sequence states saved in the prompt cache",
             stats.prompt_cache_entries,
         )
+        yield from self._router_gauges(stats)
+
+    def _router_gauges(self, stats: EngineStats) -> Iterator[Metric]:
+        """The gauges load-aware routers read (llm-d / Gateway API endpoint picker, vLLM's production-stack
+        router), under vLLM's names and its ``model_name`` label, so a picker set up for vLLM can route
+        to tokenspout unchanged."""
+        label = [self.engine.model_id]
+        for name, documentation, value in (
+            ("vllm:num_requests_running", "Requests decoding in a slot", stats.running),
+            ("vllm:num_requests_waiting", "Requests admitted and waiting for a slot", stats.waiting),
+            (
+                "vllm:kv_cache_usage_perc",
+                "Fraction of KV cache cells held by running requests (1 means full)",
+                stats.kv_cells_running / stats.kv_cells_total if stats.kv_cells_total else 0.0,
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, documentation, labels=["model_name"])
+            gauge.add_metric(label, value)
+            yield gauge
 
     async def render(self) -> bytes:
         cells = await self.engine.kv_cells()

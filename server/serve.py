@@ -14,6 +14,7 @@ import uvicorn
 
 from engine import Engine, EngineConfig
 from server.app import create_app
+from server.read_timeout import protocol_with_read_timeout
 from server.state import ServerSettings
 
 log = logging.getLogger("tokenspout")
@@ -41,6 +42,7 @@ class ServeOptions(msgspec.Struct, frozen=True):
     payload_limit: int
     cors_allow_origins: tuple[str, ...]
     shutdown_timeout: float
+    request_read_timeout: float
     log_level: str
 
 
@@ -85,7 +87,8 @@ def run(o: ServeOptions) -> int:
         host=o.host,
         port=o.port,
         log_level=o.log_level,
-        http="httptools",
+        # uvicorn's httptools protocol with a deadline on receiving each request (server/read_timeout.py)
+        http=protocol_with_read_timeout(o.request_read_timeout),
         loop="uvloop",
         timeout_graceful_shutdown=10,  # after our own drain: a backstop, not the policy
     )

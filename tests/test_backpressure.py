@@ -48,7 +48,7 @@ def test_past_the_limit_every_route_answers_429_before_any_stream_byte(
     with occupied(small_server, 2):
         response = httpx.post(f"{small_server}{path}", json=body, timeout=10)
         assert response.status_code == 429
-        assert response.headers["retry-after"] == "1"
+        assert 1 <= int(response.headers["retry-after"]) <= 60  # estimated from the queue
         assert response.headers["content-type"].startswith("application/json")
         if path.startswith("/v1"):
             assert response.json() == {

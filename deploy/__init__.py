@@ -1,0 +1,1 @@
+"""Running tokenspout beyond one process: nginx in front of replicas (``just cluster N``)."""
