@@ -217,8 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, replica_flags = parser.parse_known_args(argv)
     if options.replicas < 1:
         parser.error("at least one replica")
-    if not any(flag.split("=")[0] == "--threads" for flag in replica_flags):
+    given = {flag.split("=")[0] for flag in replica_flags}
+    if "--threads" not in given:
         replica_flags += ["--threads", str(_threads_each(options.replicas))]
+    if "--first-token-timeout" not in given:
+        # Behind a proxy, a request still waiting for its first token has sent nothing at all: past
+        # this it gets a clear 503 overloaded instead of looking like a replica that never answers.
+        replica_flags += ["--first-token-timeout", "30"]
     first = options.first_replica_port or options.port + 1
     ports = [first + i for i in range(options.replicas)]
     cluster = Cluster(

@@ -30,6 +30,13 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
 
 
+class FirstTokenTimeout(Exception):
+    """No token within ``--first-token-timeout`` seconds of arrival: the replica is too busy."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no token within {seconds:g} s: the server is overloaded, try again later")
+
+
 class Problem(msgspec.Struct, frozen=True):
     status: int
     message: str
@@ -50,6 +57,8 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         return Problem(503, str(exc), "unavailable")
     if isinstance(exc, GenerationError):
         return Problem(500, str(exc), "generation")
+    if isinstance(exc, FirstTokenTimeout):  # 503: not the admission limit, but as overloaded for clients
+        return Problem(503, str(exc), "overloaded")
     if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
         return Problem(499, "the client closed the request", "cancelled")
     if isinstance(exc, ValidationException):  # Litestar could not decode the body into the wire model
@@ -105,7 +114,7 @@ def retry_after(waiting: int, running: int, seconds_in_slot: float | None) -> in
 
 
 def _headers(problem: Problem, request: AnyRequest) -> dict[str, str]:
-    if problem.status == 429:
+    if problem.kind == "overloaded":
         s = services(request)
         stats = s.engine.stats()
         return {"Retry-After": str(retry_after(stats.waiting, stats.running, s.metrics.service_seconds))}
