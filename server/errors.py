@@ -128,5 +128,7 @@ def exception_handler(request: AnyRequest, exc: Exception) -> Response[object]:
     problem = problem_from(exc, validation_status=400 if openai else 422)
     if request.state.get("counted"):  # a generation request: count how it failed
         request.app.state.services.metrics.failure(problem.kind)
+    if problem.status == 499:  # uvicorn writes no access line for an answer nobody reads: say it here
+        log.info('"%s %s" 499: the client left before the answer started', request.method, request.url.path)
     body = openai_body(problem) if openai else tgi_body(problem)
     return Response(body, status_code=problem.status, headers=_headers(problem, request))
