@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -67,6 +68,13 @@ def render_main(site: Path, workdir: Path, workers: int) -> str:
         "events {\n    worker_connections 1024;\n}\n"
         f"http {{\n{paths}\n    include {site};\n}}\n"
     )
+
+
+def _die_with_parent() -> None:
+    """Runs in each child before exec: Linux sends it SIGTERM when this process dies, however it dies
+    (killed by a timeout, say), so no replica or nginx outlives the cluster that started it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 class Replica:
@@ -139,13 +147,15 @@ class Cluster:
         # -e: nginx opens its compiled-in error log before it reads the configuration; keep that one
         # in the work directory too, so a user who is not root gets no warning about /var/log/nginx.
         command = [binary, "-e", str(self.workdir / "error.log"), "-p", str(self.workdir), "-c", str(main)]
-        self.nginx = subprocess.Popen(command, start_new_session=True)
+        self.nginx = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
         _until_healthy(self.nginx, self.url, self.workdir / "error.log")
 
     def start_replica(self, flags: Sequence[str], port: int) -> Replica:
         command = [sys.executable, "-m", "server", "serve", "--port", str(port), *flags]
         output = None if self.log_replicas else subprocess.DEVNULL
-        process = subprocess.Popen(command, start_new_session=True, stdout=output, stderr=output)
+        process = subprocess.Popen(
+            command, start_new_session=True, stdout=output, stderr=output, preexec_fn=_die_with_parent
+        )
         return Replica(process, port)
 
     def stop(self) -> None:
@@ -217,8 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, replica_flags = parser.parse_known_args(argv)
     if options.replicas < 1:
         parser.error("at least one replica")
-    if not any(flag.split("=")[0] == "--threads" for flag in replica_flags):
+    given = {flag.split("=")[0] for flag in replica_flags}
+    if "--threads" not in given:
         replica_flags += ["--threads", str(_threads_each(options.replicas))]
+    if "--first-token-timeout" not in given:
+        # Behind a proxy, a request still waiting for its first token has sent nothing at all: past
+        # this it gets a clear 503 overloaded instead of looking like a replica that never answers.
+        replica_flags += ["--first-token-timeout", "30"]
     first = options.first_replica_port or options.port + 1
     ports = [first + i for i in range(options.replicas)]
     cluster = Cluster(

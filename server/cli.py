@@ -218,6 +218,15 @@ def main() -> None:
     "408 and the connection is closed, instead of being held forever.",
 )
 @_option(
+    "--first-token-timeout",
+    envvar="FIRST_TOKEN_TIMEOUT",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds a request may wait for its first token (for a slot, behind other prompts) before it "
+    "gets 503 overloaded; nothing is sent before that token, so behind a proxy a longer wait looks like "
+    "a dead replica. 0: no limit.",
+)
+@_option(
     "--log-level",
     envvar="LOG_LEVEL",
     default="info",

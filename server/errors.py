@@ -37,6 +37,13 @@ class ModelNotFound(Exception):
         super().__init__(f"The model `{asked}` does not exist; this server serves `{served}`")
 
 
+class FirstTokenTimeout(Exception):
+    """No token within ``--first-token-timeout`` seconds of arrival: the replica is too busy."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no token within {seconds:g} s: the server is overloaded, try again later")
+
+
 class Problem(msgspec.Struct, frozen=True):
     status: int
     message: str
@@ -59,6 +66,8 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         return Problem(500, str(exc), "generation")
     if isinstance(exc, ModelNotFound):
         return Problem(404, str(exc), "not_found", "model")
+    if isinstance(exc, FirstTokenTimeout):  # 503: not the admission limit, but as overloaded for clients
+        return Problem(503, str(exc), "overloaded")
     if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
         return Problem(499, "the client closed the request", "cancelled")
     if isinstance(exc, ValidationException):  # Litestar could not decode the body into the wire model
@@ -118,7 +127,7 @@ def retry_after(waiting: int, running: int, seconds_in_slot: float | None) -> in
 
 
 def _headers(problem: Problem, request: AnyRequest) -> dict[str, str]:
-    if problem.status == 429:
+    if problem.kind == "overloaded":
         s = services(request)
         stats = s.engine.stats()
         return {"Retry-After": str(retry_after(stats.waiting, stats.running, s.metrics.service_seconds))}
@@ -132,5 +141,7 @@ def exception_handler(request: AnyRequest, exc: Exception) -> Response[object]:
     problem = problem_from(exc, validation_status=400 if openai else 422)
     if request.state.get("counted"):  # a generation request: count how it failed
         request.app.state.services.metrics.failure(problem.kind)
+    if problem.status == 499:  # uvicorn writes no access line for an answer nobody reads: say it here
+        log.info('"%s %s" 499: the client left before the answer started', request.method, request.url.path)
     body = openai_body(problem) if openai else tgi_body(problem)
     return Response(body, status_code=problem.status, headers=_headers(problem, request))

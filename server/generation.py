@@ -11,10 +11,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 
 from engine import Completion, EngineError, FinishEvent, RequestHandle, TokenEvent
-from server.errors import ClientGone, Problem, problem_from
+from server.errors import ClientGone, FirstTokenTimeout, Problem, problem_from
 from server.metrics import Metrics
 from server.sse import SSE_HEADERS, SSE_MEDIA_TYPE
-from server.state import AnyRequest
+from server.state import AnyRequest, services
 
 T = TypeVar("T")
 
@@ -62,10 +62,35 @@ async def unless_disconnected(request: AnyRequest, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def first_event(request: AnyRequest, handle: RequestHandle) -> TokenEvent | FinishEvent:
+    """The first event, within ``--first-token-timeout`` when one is set. Nothing has been sent before
+    it, not even a status line: a request that waits longer (for a slot, behind a long prefill) would
+    look to a proxy and a client exactly like a replica that never answers, so past the deadline it
+    ends as a clear 503 ``overloaded`` instead. Cancelling the wait consumes no event."""
+    seconds = services(request).settings.first_token_timeout
+    if not seconds:
+        return await handle.__anext__()
+    try:
+        return await asyncio.wait_for(handle.__anext__(), seconds)
+    except TimeoutError:
+        raise FirstTokenTimeout(seconds) from None
+
+
+async def _collect(request: AnyRequest, handle: RequestHandle) -> Completion:
+    tokens: list[TokenEvent] = []
+    event = await first_event(request, handle)
+    while type(event) is TokenEvent:
+        tokens.append(event)
+        event = await handle.__anext__()
+    assert isinstance(event, FinishEvent)
+    tokens.append(event.token)
+    return Completion(text="".join([t.text for t in tokens]), tokens=tuple(tokens), finish=event)
+
+
 async def whole(request: AnyRequest, handle: RequestHandle, metrics: Metrics) -> Completion:
     """The whole generation; errors raise (and become the route's error response)."""
     try:
-        result = await unless_disconnected(request, handle.collect())
+        result = await unless_disconnected(request, _collect(request, handle))
     finally:
         handle.cancel()
     metrics.success(result.finish)
@@ -82,7 +107,7 @@ async def stream(
     """An SSE response. The first event is awaited here, so a failure before any token still gets a
     real HTTP error status; later failures become one error event at the end of the stream."""
     try:
-        first = await unless_disconnected(request, handle.__anext__())
+        first = await unless_disconnected(request, first_event(request, handle))
     except BaseException:
         handle.cancel()
         raise

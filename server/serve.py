@@ -43,6 +43,7 @@ class ServeOptions(msgspec.Struct, frozen=True):
     cors_allow_origins: tuple[str, ...]
     shutdown_timeout: float
     request_read_timeout: float
+    first_token_timeout: float
     log_level: str
 
 
@@ -76,6 +77,7 @@ def run(o: ServeOptions) -> int:
         max_total_tokens=o.max_total_tokens,
         max_stop_sequences=o.max_stop_sequences,
         cors_allow_origins=o.cors_allow_origins,
+        first_token_timeout=o.first_token_timeout,
     )
     app = create_app(engine, settings)
     log.info("%s", engine.describe_context())

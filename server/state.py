@@ -41,6 +41,7 @@ class ServerSettings(msgspec.Struct, frozen=True):
     max_total_tokens: int | None = None
     max_stop_sequences: int = 4
     cors_allow_origins: tuple[str, ...] = ()
+    first_token_timeout: float = 0.0  # 0: a request may wait for its first token as long as it takes
 
 
 class Services:

@@ -4,6 +4,7 @@ the gauges load-aware routers read move with the load. Real nginx, real replicas
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -202,6 +203,53 @@ def test_a_killed_replica_is_routed_around(model_path: str) -> None:
         # in an instant and sends the request to the live one.
         assert set(statuses) <= {"200", "502, 200"}, statuses
         assert "502, 200" in statuses, statuses
+
+
+def test_a_retried_request_that_would_wait_silently_gets_a_clear_503_instead(model_path: str) -> None:
+    """The issue's "Seen here": A refuses, nginx retries on B, B admits the request but has no free slot,
+    and nothing (not even a status line) is sent before the first token, so the client waits on
+    silence, gives up, and nginx logs `429, -` while B logs nothing. With --first-token-timeout the
+    wait ends as a 503 `overloaded` that B logs and the client reads."""
+    common = ["--model", model_path, "--threads", "1", "--log-level", "warning"]
+    with Cluster(
+        [
+            [*common, "--max-concurrent-requests", "1"],
+            [*common, "--max-concurrent-requests", "3", "--parallel", "1", "--first-token-timeout", "2"],
+        ],
+        listen=f"127.0.0.1:{free_port()}",
+        replica_ports=[free_port(), free_port()],
+    ) as small:
+        results: list[Any] = [None] * 3
+        start = threading.Barrier(3)
+
+        def one(i: int) -> None:
+            body = {**chat(400), "ignore_eos": True}
+            start.wait()
+            began = time.monotonic()
+            error: Any = None
+            with (
+                httpx.Client(timeout=CLIENT_TIMEOUT) as client,
+                client.stream("POST", f"{small.url}/v1/chat/completions?test=silent", json=body) as r,
+            ):
+                if r.status_code != 200:
+                    error = json.loads(r.read())
+                for _ in r.iter_lines():  # the admitted streams hold their slot for 4 s, then leave
+                    if time.monotonic() - began > 4:
+                        break
+                results[i] = (r.status_code, time.monotonic() - began, r.headers.get("retry-after"), error)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(CLIENT_TIMEOUT + 5)
+        assert sorted(r[0] for r in results) == [200, 200, 503], results
+        _, elapsed, retry_after, error = next(r for r in results if r[0] == 503)
+        assert 2 <= elapsed < 4, elapsed  # the deadline, not the slot freed at 4 s
+        assert retry_after is not None and 1 <= int(retry_after) <= 60
+        assert error["error"]["type"] == "overloaded"
+        statuses = logged(small, "silent", 3)
+        assert sorted(statuses) in (["200", "200", "429, 503"], ["200", "200", "503"]), statuses
 
 
 def test_render_site_lists_the_replicas_and_retries_each_once() -> None:
