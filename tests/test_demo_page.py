@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, Response, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, Route, expect, sync_playwright
 
 from tests.conftest import ServerFactory
 from tests.helpers import metrics, wait_until_idle
@@ -110,15 +110,30 @@ def sse_content(body: str) -> str:
     return "".join(text)
 
 
+# Keeps a copy of each chat answer's body as the page receives it (a clone of the response: the page
+# reads its own branch). Playwright cannot give a streamed fetch body back once the page cancelled it.
+RECORD_ANSWERS = """() => {
+  window.answers = [];
+  const realFetch = window.fetch;
+  window.fetch = async (url, init) => {
+    const response = await realFetch(url, init);
+    if (String(url).endsWith("/v1/chat/completions") && response.ok) {
+      const stream = JSON.parse(init.body).stream;
+      window.answers.push(response.clone().text().then((text) => ({ stream, text })));
+    }
+    return response;
+  };
+}"""
+
+
 def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: str) -> None:
-    answers: list[Response] = []
-    page.on("response", lambda r: answers.append(r) if r.url.endswith("/v1/chat/completions") else None)
     open_demo(page, base_url, max_tokens=120)
     page.wait_for_function(
         "document.querySelector('[data-testid=model-name]').textContent.trim() !== '…'", timeout=WAIT_MS
     )
     assert text_of(page, "model-name").strip()
     page.evaluate(COUNT_TEXT_CHANGES)
+    page.evaluate(RECORD_ANSWERS)
     page.get_by_role("button", name="Generate").click()
     assert page.get_by_role("button", name="Stop").is_enabled()
 
@@ -135,8 +150,9 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
     assert text_of(page, "streaming-output").strip()
     # Each pane shows exactly the text its answer carried. (Whether the two answers agree is the
     # server's batch invariance, which the batched-equality tests prove where it is promised.)
+    answers = page.evaluate("Promise.all(window.answers)")
     assert len(answers) == 2
-    by_mode = {json.loads(r.request.post_data or "{}")["stream"]: r.text() for r in answers}
+    by_mode = {a["stream"]: a["text"] for a in answers}
     assert text_of(page, "streaming-output") == sse_content(by_mode[True])
     whole = json.loads(by_mode[False])["choices"][0]["message"]["content"]
     assert text_of(page, "non-streaming-output") == whole
