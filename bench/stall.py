@@ -14,17 +14,26 @@ import time
 from collections.abc import Callable
 
 import httpx
+import msgspec
 
 LONG_PROMPT_WORDS = 486  # 1,358 tokens with the default model, the size of the guide's llama-server probe
 HUGE_PROMPT_BYTES = 1_900_000  # the size of the prompt that paused streams 618 ms (issue 10)
 PAYLOAD_LIMIT = "4000000"  # the bench server's --payload-limit, so that the huge prompt gets through
 
 
-def _longest_gap_while(base_url: str, send: Callable[[], None]) -> float:
-    """Start a stream, wait until it runs, call ``send`` and return the longest gap between two of the
-    stream's events from ``send``'s start to half a second after it returned."""
+class Pauses(msgspec.Struct, frozen=True):
+    stream: float  # longest gap between two events of the running stream, seconds
+    loop: float  # longest time the server took to answer GET /health meanwhile (its event loop's pause)
+
+
+def _pauses_while(base_url: str, send: Callable[[], None]) -> Pauses:
+    """Start a stream, wait until it runs, call ``send``. The stream's longest pause spans the last
+    event before ``send`` to the first one after it returned (a stream frozen meanwhile and released
+    in a burst shows its whole pause). /health is polled meanwhile: it is answered on the event loop
+    and touches no model, so its slowest answer isolates a blocked loop from a CPU-starved decode."""
     arrivals: list[float] = []
-    started = threading.Event()
+    started, enough, sent_event = threading.Event(), threading.Event(), threading.Event()
+    health: list[float] = []
 
     def run() -> None:
         body = {"prompt": "Write a long story.", "max_tokens": 400, "ignore_eos": True, "stream": True}
@@ -34,22 +43,38 @@ def _longest_gap_while(base_url: str, send: Callable[[], None]) -> float:
                     arrivals.append(time.perf_counter())
                     if len(arrivals) == 20:
                         started.set()
+                if enough.is_set():  # leaving closes the stream: the server cancels it
+                    return
 
-    runner = threading.Thread(target=run)
+    def poll() -> None:
+        with httpx.Client(base_url=base_url, timeout=300) as client:
+            sent_event.wait()
+            while not enough.is_set():
+                t = time.perf_counter()
+                client.get("/health")
+                health.append(time.perf_counter() - t)
+                time.sleep(0.02)
+
+    runner, poller = threading.Thread(target=run), threading.Thread(target=poll)
     runner.start()
-    started.wait(timeout=60)
+    poller.start()
+    started.wait(timeout=300)
     sent = time.perf_counter()
+    sent_event.set()
     send()
     done = time.perf_counter()
+    while runner.is_alive() and arrivals[-1] <= done:
+        time.sleep(0.05)
+    enough.set()
+    sent_event.set()
     runner.join()
-    # from the last event before ``send`` started: a stream frozen at that moment and released in a
-    # burst afterwards shows its pause only from there
-    before = [t for t in arrivals if t < sent][-1:]
-    during = before + [t for t in arrivals if sent <= t <= done + 0.5]
-    if done + 0.5 > arrivals[-1]:
-        raise RuntimeError("the running stream ended before the measurement window did: raise max_tokens")
-    gaps = [b - a for a, b in itertools.pairwise(during)]
-    return max(gaps, default=float("nan"))
+    poller.join()
+    if arrivals[-1] <= done:
+        raise RuntimeError("the running stream ended before the probe did: raise max_tokens")
+    first = max(i for i, t in enumerate(arrivals) if t < sent)
+    last = min(i for i, t in enumerate(arrivals) if t > done)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals[first : last + 1])]
+    return Pauses(max(gaps), max(health, default=float("nan")))
 
 
 def longest_gap_during_prefill(base_url: str) -> tuple[float, int]:
@@ -61,8 +86,8 @@ def longest_gap_during_prefill(base_url: str) -> tuple[float, int]:
         body = {"prompt": prompt, "max_tokens": 1}
         replies.append(httpx.post(f"{base_url}/v1/completions", json=body, timeout=300))
 
-    gap = _longest_gap_while(base_url, send)
-    return gap, int(replies[0].json()["usage"]["prompt_tokens"])
+    pauses = _pauses_while(base_url, send)
+    return pauses.stream, int(replies[0].json()["usage"]["prompt_tokens"])
 
 
 def huge_prompt_requests(n_bytes: int = HUGE_PROMPT_BYTES) -> dict[str, tuple[str, dict[str, object]]]:
@@ -76,30 +101,34 @@ def huge_prompt_requests(n_bytes: int = HUGE_PROMPT_BYTES) -> dict[str, tuple[st
     }
 
 
-def longest_gap_during_huge_prompt(base_url: str, path: str, body: dict[str, object]) -> tuple[float, int]:
-    """(longest gap of the running stream while the huge prompt arrives, the status it got)."""
+def pauses_during_huge_prompt(base_url: str, path: str, body: dict[str, object]) -> tuple[Pauses, int]:
+    """(the pauses while the huge prompt arrives, the status it got)."""
     statuses: list[int] = []
 
     def send() -> None:
         statuses.append(httpx.post(f"{base_url}{path}", json=body, timeout=300).status_code)
 
-    return _longest_gap_while(base_url, send), statuses[0]
+    return _pauses_while(base_url, send), statuses[0]
+
+
+def _ms(pauses: Pauses) -> str:
+    return f"stream {pauses.stream * 1000:.0f} ms, event loop (/health) {pauses.loop * 1000:.0f} ms"
 
 
 def report(base_url: str, prefill: bool = True) -> None:
     # What the machine gives without anything arriving: the floor the other figures stand on.
-    gap = _longest_gap_while(base_url, lambda: time.sleep(1.0))
-    print(f"longest pause of a running stream in one second with nothing arriving: {gap * 1000:.0f} ms")
+    idle = _pauses_while(base_url, lambda: time.sleep(1.0))
+    print(f"longest pauses in one second with nothing arriving: {_ms(idle)}")
     if prefill:
         gap, n_prompt = longest_gap_during_prefill(base_url)
         print(
             f"longest pause of a running stream while a {n_prompt}-token prompt arrived: {gap * 1000:.0f} ms"
         )
     for name, (path, body) in huge_prompt_requests().items():
-        gap, status = longest_gap_during_huge_prompt(base_url, path, body)
+        pauses, status = pauses_during_huge_prompt(base_url, path, body)
+        size = f"{HUGE_PROMPT_BYTES / 1e6:.1f} MB"
         print(
-            f"longest pause of a running stream while a {HUGE_PROMPT_BYTES / 1e6:.1f} MB prompt arrived "
-            f"({name}, answered {status}): {gap * 1000:.0f} ms",
+            f"longest pauses while a {size} prompt arrived ({name}, answered {status}): {_ms(pauses)}",
             flush=True,
         )
 

@@ -179,26 +179,54 @@ def test_four_requests_batched_together_match_each_alone(
     assert len({tuple(trace) for trace in alone}) == 4
 
 
-@pytest.mark.parametrize(
-    "prompt",
-    [
-        "Reply with three emoji about the ocean: 🌊🐠🐙",
-        "请用中文写一句关于春天的话。",
-        "日本語で挨拶してください。",
-    ],
-)
-def test_emoji_and_cjk_stream_as_whole_characters(base_url: str, client: httpx.Client, prompt: str) -> None:
-    body = {"messages": user(prompt), "max_tokens": 40, "temperature": 0}
-    events = stream_events(client, CHAT, body)  # httpx decodes every event as UTF-8 and JSON
-    pieces = [
-        json.loads(d)["choices"][0]["delta"].get("content", "")
-        for _, d in events[:-1]
-        if json.loads(d)["choices"]
-    ]
+# Characters of several UTF-8 lengths; each vocabulary splits some of them into several tokens.
+WIDE_CHARACTERS = {
+    "emoji": ["🌊", "🐙", "🦑", "🪼"],
+    "chinese": ["春", "鬱", "龘", "䨻"],
+    "japanese": ["語", "纏", "鑓", "𠮷"],
+}
+
+
+def split_character(client: httpx.Client, candidates: list[str]) -> tuple[str, list[int]]:
+    """The first candidate this model's vocabulary writes with several tokens, and those tokens."""
+    for char in candidates:
+        ids = [int(t["id"]) for t in client.post("/tokenize", json={"inputs": char}).json()]
+        if len(ids) > 1:
+            return char, ids
+    pytest.fail(f"every one of {candidates} is a single token in this vocabulary")
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+@pytest.mark.parametrize("kind", sorted(WIDE_CHARACTERS))
+def test_characters_split_across_tokens_stream_whole(
+    base_url: str, client: httpx.Client, kind: str, route: str
+) -> None:
+    """Whatever the model would say: a bias of +100 on the tokens that together write one wide
+    character leaves the model only those tokens to choose from, and a prompt full of that character
+    makes it put them in order. So tokens that end mid-character are generated, and each must be held
+    until its character is whole."""
+    char, ids = split_character(client, WIDE_CHARACTERS[kind])
+    prompt = f"Repeat this line exactly: {char * 30}"
+    body: dict[str, Any] = {
+        "max_tokens": 24,
+        "temperature": 0,
+        "logit_bias": {str(t): 100 for t in ids},
+        "ignore_eos": True,
+    }
+    path = CHAT if route == "chat" else "/v1/completions"
+    body |= {"messages": user(prompt)} if route == "chat" else {"prompt": prompt}
+    events = stream_events(client, path, body)  # httpx decodes every event as UTF-8 and JSON
+    choices = [json.loads(d)["choices"] for _, d in events[:-1]]
+    if route == "chat":
+        pieces = [c[0]["delta"].get("content") or "" for c in choices if c]
+    else:
+        pieces = [c[0]["text"] for c in choices if c]
+    whole = client.post(path, json=body).json()["choices"][0]
+    whole_text = whole["message"]["content"] if route == "chat" else whole["text"]
+    assert "".join(pieces) == whole_text
+    assert whole_text.count(char) >= 24 // len(ids) - 1  # the character, over and over
+    assert "\ufffd" not in whole_text  # no character was cut: every piece held whole characters
     assert all("\ufffd" not in p for p in pieces)
-    whole = chat_text(base_url, prompt, max_tokens=40, temperature=0)
-    assert "".join(pieces) == whole
-    assert any(ord(ch) > 0x2E80 for ch in whole)  # the answer really holds wide characters
 
 
 def tokens_of(base_url: str, prompt: str, n: int) -> tuple[str, list[str]]:
