@@ -22,10 +22,20 @@ import llguidance.llamacpp
 import llguidance.numpy
 import numpy as np
 import numpy.typing as npt
+from llguidance._lib import JsonCompileOptions
 
 from engine.errors import GenerationError, ValidationError
 from engine.llama import Model
 from engine.types import Constraint
+
+# JSON written as `{"a": 1, "b": [2, 3]}`, with no other whitespace. llguidance's default lets any
+# amount of whitespace in between, and a small model sampled at temperature 1 can spend its whole budget
+# on newlines inside an object. A schema's own "x-guidance" options still win.
+COMPACT_JSON: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
 
 
 class Grammars:
@@ -62,7 +72,7 @@ def _grammar(constraint: Constraint) -> str:
     kind, source = constraint.kind, constraint.source
     if kind == "json_schema":
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(source)
+            return llguidance.LLMatcher.grammar_from_json_schema(source, defaults=COMPACT_JSON)
         except ValueError as exc:
             raise ValidationError(
                 f"`{constraint.field or kind}` is not a JSON schema: {exc}", constraint.field
