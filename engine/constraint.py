@@ -16,17 +16,20 @@ End-of-generation tokens are allowed only where the grammar is complete.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import llguidance
 import llguidance.llamacpp
 import llguidance.numpy
 import numpy as np
 import numpy.typing as npt
-from llguidance._lib import JsonCompileOptions
 
 from engine.errors import GenerationError, ValidationError
 from engine.llama import Model
 from engine.types import Constraint
+
+if TYPE_CHECKING:  # a TypedDict declared only in llguidance's stubs
+    from llguidance._lib import JsonCompileOptions
 
 # JSON written as `{"a": 1, "b": [2, 3]}`, with no other whitespace. llguidance's default lets any
 # amount of whitespace in between, and a small model sampled at temperature 1 can spend its whole budget
