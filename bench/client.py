@@ -92,7 +92,7 @@ async def parsed_stream(
                             else choices[0]["text"]
                         )
                         on_text(text or "")
-                elif chunk.get("usage"):
+                if chunk.get("usage"):  # its own chunk here; llama-server puts it in the last one
                     usage = chunk["usage"]
     details = usage.get("prompt_tokens_details") or {}
     return StreamResult(

@@ -267,21 +267,26 @@ def test_named_choice_single_call_and_none(server: str) -> None:
 
 
 def test_auto_gives_either_a_reply_or_valid_calls(server: str) -> None:
-    for seed in (1, 2):
-        choice = (
-            sdk(server)
-            .chat.completions.create(
-                model="any", messages=ASK, tools=TOOLS, max_tokens=80, temperature=1.0, seed=seed
-            )
-            .choices[0]
+    choice = (
+        sdk(server)
+        .chat.completions.create(
+            model="any",
+            messages=ASK,
+            tools=TOOLS,
+            parallel_tool_calls=False,
+            max_tokens=100,
+            temperature=1.0,
+            seed=1,
         )
-        if choice.message.tool_calls:
-            assert choice.finish_reason == "tool_calls"
-            for call in choice.message.tool_calls:
-                assert isinstance(call, ChatCompletionMessageFunctionToolCall)
-                jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
-        else:
-            assert choice.message.content is not None and choice.finish_reason in ("stop", "length")
+        .choices[0]
+    )
+    calls = function_calls(choice.message)
+    if choice.finish_reason == "tool_calls":  # a finished call: exactly one, valid
+        assert len(calls) == 1
+        jsonschema.validate(json.loads(calls[0][1]), SCHEMAS[calls[0][0]])
+    else:  # a plain reply (or anything cut by max_tokens): content, or a call still being written
+        assert choice.finish_reason in ("stop", "length")
+        assert choice.message.content or (calls and choice.finish_reason == "length")
 
 
 def test_a_full_round_trip_calls_then_results_then_an_answer(server: str) -> None:
