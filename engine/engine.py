@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine.chat import ChatMessage, ChatTemplate
+from engine.chat import ChatTemplate
 from engine.constraint import Grammars, Guide
 from engine.errors import OverloadedError, UnavailableError, ValidationError
 from engine.handle import RequestHandle
@@ -190,11 +190,6 @@ class Engine:
 
     def token_spans(self, text: str) -> list[tuple[int, str, int, int]]:
         return self.model.token_spans(text)
-
-    def render_chat(self, messages: tuple[ChatMessage, ...]) -> str:
-        if not messages:
-            raise ValidationError("`messages` must not be empty", "messages")
-        return self.chat_template.render(messages)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Admit ``request`` or raise at once: OverloadedError past the limit, UnavailableError when

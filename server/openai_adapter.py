@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from engine import (
-    ChatMessage,
     Completion,
     FinishEvent,
     FinishReason,
@@ -29,18 +28,13 @@ from server.sse import DONE, frame
 from server.state import Limits
 from server.tool_formats import ToolFormat
 from server.tool_parser import CallArguments, CallStart, Content, Delta, ToolCallParser
-from server.tool_request import ChatPlan, history
+from server.tool_request import ChatPlan
 
 Tokenize = Callable[[str], list[int]]
 
 
 def finish_reason(reason: FinishReason) -> str:
     return "length" if reason is FinishReason.LENGTH else "stop"
-
-
-def chat_messages(body: w.ChatCompletionRequest) -> tuple[ChatMessage, ...]:
-    """The conversation for a template without tool support (see ``tool_request.plan_chat``)."""
-    return tuple(history(body, ToolFormat.GENERIC))
 
 
 def stop_strings(stop: str | list[str] | None, limits: Limits) -> tuple[str, ...]:

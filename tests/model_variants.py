@@ -16,9 +16,10 @@ import argparse
 import ctypes
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-import gguf
 import llama_cpp as C
 
 from engine.llama import init_backend
@@ -80,36 +81,24 @@ def requantized(source: Path | None = None, ftype: str = "Q4_K_M") -> Path:
 
 def with_chat_template(source: Path, template: str, name: str) -> Path:
     """A copy of ``source`` whose ``tokenizer.chat_template`` is ``template`` (tensors copied as
-    they are). ``name`` only makes the file name readable."""
+    they are, by the gguf package's own metadata rewriter). ``name`` only makes the file name readable."""
     final = CACHE / f"{_stamp(source, template)}.{name}.gguf"
     if final.exists():
         return final
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(f".{os.getpid()}.tmp")
-    reader = gguf.GGUFReader(source)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    assert arch is not None, f"{source} names no architecture"
-    writer = gguf.GGUFWriter(tmp, arch.contents(), endianess=reader.endianess)
-    for field in reader.fields.values():
-        # the writer adds the architecture and the GGUF header fields itself
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        if field.name.startswith(gguf.Keys.Tokenizer.CHAT_TEMPLATE):  # named templates go too
-            continue
-        kind = field.types[0]
-        sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)
-    writer.add_chat_template(template)
-    for tensor in reader.tensors:
-        writer.add_tensor_info(
-            tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+    template_file = final.with_suffix(f".{os.getpid()}.jinja")
+    template_file.write_text(template)
+    try:
+        rewriter = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(source), str(tmp)]
+        subprocess.run(
+            [*rewriter, "--force", "--chat-template-file", str(template_file)],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
         )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for tensor in reader.tensors:
-        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
-    writer.close()
+    finally:
+        template_file.unlink(missing_ok=True)
     return _publish(tmp, final)
 
 

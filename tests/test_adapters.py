@@ -13,6 +13,8 @@ from server import openai_adapter, tgi_adapter
 from server import openai_wire as ow
 from server import tgi_wire as tw
 from server.state import Limits
+from server.tool_formats import ToolFormat
+from server.tool_request import history
 
 LIMITS = Limits(max_input_tokens=99, max_total_tokens=100, max_stop_sequences=2)
 TIMING = Timing(0.0, 0.1, 0.5)
@@ -63,10 +65,10 @@ def test_chat_messages_flatten_text_parts_and_refuse_empty_content() -> None:
         b'{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}',
         type=ow.ChatCompletionRequest,
     )
-    assert openai_adapter.chat_messages(body)[0].content == "ab"
+    assert history(body, ToolFormat.GENERIC)[0].content == "ab"
     body = msgspec.json.decode(b'{"messages":[{"role":"user","content":""}]}', type=ow.ChatCompletionRequest)
     with pytest.raises(ValidationError):
-        openai_adapter.chat_messages(body)
+        history(body, ToolFormat.GENERIC)
 
 
 @pytest.mark.parametrize(

@@ -2,23 +2,20 @@
 
 llama.cpp picks kernels by weight type (and repacks some types for the CPU's SIMD width), so the
 bit-identity --deterministic promises is checked per type. The copy is made once with
-``llama_model_quantize`` (``allow_requantize``) and cached beside the test models.
+``llama_model_quantize`` (``allow_requantize``, ``tests/model_variants.py``) and cached.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-import llama_cpp as C
 import openai
 import pytest
 
 from bench.server import running_server
-from engine.llama import init_backend
+from tests import model_variants
 
 CASES = [
     ("Name three fruits:", 8),
@@ -29,32 +26,10 @@ CASES = [
 Trace = list[tuple[str, float]]
 
 
-def copies_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tokenspout" / "test-copies"
-
-
 @pytest.fixture(scope="session")
 def requantized(model_path: str) -> Callable[[str], str]:
     """``requantized("Q4_0")``: the path of a copy of the model under test with those weights."""
-
-    def make(weight_type: str) -> str:
-        out = copies_dir() / f"{Path(model_path).stem}-{weight_type}.gguf"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            init_backend()
-            params = C.llama_model_quantize_default_params()
-            params.ftype = getattr(C, f"LLAMA_FTYPE_MOSTLY_{weight_type}")
-            params.allow_requantize = True
-            partial = out.with_suffix(".partial")
-            status = C.llama_model_quantize(
-                str(model_path).encode(), str(partial).encode(), ctypes.byref(params)
-            )
-            assert status == 0, f"llama_model_quantize failed ({status})"
-            partial.rename(out)  # a copy cut short by an interrupted run is never taken for whole
-        return str(out)
-
-    return make
+    return lambda weight_type: str(model_variants.requantized(Path(model_path), weight_type))
 
 
 def trace(url: str, prompt: str, n: int) -> tuple[Trace, int, int]:

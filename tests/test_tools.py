@@ -6,8 +6,6 @@ package's metadata writer (the native format)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -25,10 +23,10 @@ from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageFunctionToolCall
 from pydantic import SecretStr
 
+from tests import model_variants
 from tests.conftest import ServerFactory
 
 TEMPLATE = Path(__file__).parent / "fixtures" / "chat_templates" / "qwen2.5-instruct.jinja"
-TEMPLATE_FLAG = ("--chat-template-file", str(TEMPLATE))
 WEATHER_PARAMETERS = {
     "type": "object",
     "properties": {
@@ -68,25 +66,9 @@ TIME_CHOICE: Any = {"type": "function", "function": {"name": "get_time"}}
 
 
 @pytest.fixture(scope="session")
-def hermes_url(
-    model_path: str, start_server: ServerFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The same weights with a Hermes-style tool template, written by the gguf package."""
-    copy = tmp_path_factory.mktemp("hermes") / "smollm2-hermes.gguf"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gguf.scripts.gguf_new_metadata",
-            model_path,
-            str(copy),
-            "--force",
-            *TEMPLATE_FLAG,
-        ],
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
+def hermes_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    """The same weights with a Hermes-style tool template (Qwen2.5's), written by the gguf package."""
+    copy = model_variants.with_chat_template(Path(model_path), TEMPLATE.read_text(), "hermes")
     with start_server("--model", str(copy)) as url:
         yield url
 
