@@ -54,7 +54,7 @@ def test_a_body_that_never_finishes_gets_408_in_openai_shape(server: str) -> Non
     assert status == 408
     assert body["error"]["type"] == "invalid_request_error"
     assert "not received whole" in body["error"]["message"]
-    assert DEADLINE <= elapsed < DEADLINE + 5
+    assert DEADLINE - 0.05 <= elapsed < DEADLINE + 5  # the server's clock starts a moment before ours
     assert metrics(server)["tokenspout_requests_admitted"] == 0
 
 
@@ -68,7 +68,7 @@ def test_headers_that_never_finish_get_408_in_tgi_shape(server: str) -> None:
 def test_a_connection_that_sends_nothing_is_closed(server: str) -> None:
     answer, elapsed = answer_of(server, b"")
     assert status_and_body(answer)[0] == 408
-    assert DEADLINE <= elapsed < DEADLINE + 5
+    assert DEADLINE - 0.05 <= elapsed < DEADLINE + 5  # the server's clock starts a moment before ours
 
 
 def test_an_answer_that_outlasts_the_deadline_is_not_cut_nor_an_idle_kept_alive_connection(
