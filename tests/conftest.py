@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bench.server import running_server
+from engine.engine import DETERMINISTIC_WEIGHTS
+from engine.llama import Model
 from models import ensure_model
 
 
@@ -39,6 +42,19 @@ def base_url(start_server: ServerFactory) -> Iterator[str]:
     the default KV budget; the fast context shape; the prompt cache on)."""
     with start_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def bit_identity(model_path: str) -> None:
+    """Skip a test of bit-identical logits when --deterministic does not promise it for this model's
+    weight type (the server says so at start-up; README: Deterministic mode)."""
+    model = Model(Path(model_path))
+    weight_type = model.weight_type
+    model.close()
+    if weight_type not in DETERMINISTIC_WEIGHTS:
+        pytest.skip(
+            f"--deterministic promises bit-identity for {sorted(DETERMINISTIC_WEIGHTS)}, not {weight_type}"
+        )
 
 
 @pytest.fixture(scope="session")

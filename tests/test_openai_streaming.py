@@ -163,6 +163,7 @@ BATCHED_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("bit_identity")
 @pytest.mark.parametrize(
     "sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 7}], ids=["greedy", "seeded"]
 )

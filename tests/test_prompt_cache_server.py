@@ -79,6 +79,7 @@ def warm_url(start_server: ServerFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.usefixtures("bit_identity")
 def test_turns_of_a_conversation_reuse_the_cache_and_match_a_cold_server(
     warm_url: str, start_server: ServerFactory
 ) -> None:
@@ -131,6 +132,7 @@ def test_a_shared_system_prompt_is_reused_and_nothing_after_it(
     assert reply.trace == reference.trace
 
 
+@pytest.mark.usefixtures("bit_identity")
 def test_a_prompt_that_diverges_in_the_middle_never_continues_the_other_cells(
     warm_url: str, start_server: ServerFactory
 ) -> None:
@@ -144,6 +146,7 @@ def test_a_prompt_that_diverges_in_the_middle_never_continues_the_other_cells(
     assert reply.trace == reference.trace
 
 
+@pytest.mark.usefixtures("bit_identity")
 def test_a_conversation_comes_back_from_ram_after_its_slot_was_taken(start_server: ServerFactory) -> None:
     conversation = f"{STORY} Question: what was the keeper's name?"
     with start_server("--deterministic", "--parallel", "1") as url:
