@@ -71,10 +71,15 @@ class RequestHandle:
             self._end()
             self._on_cancel(self)
 
-    async def collect(self) -> Completion:
-        """Wait for the whole generation. If the waiting task is cancelled, so is the generation."""
+    async def collect(self, first: TokenEvent | FinishEvent | None = None) -> Completion:
+        """Wait for the whole generation (``first``: its first event, when the caller already took
+        it). If the waiting task is cancelled, so is the generation."""
         tokens: list[TokenEvent] = []
         try:
+            if isinstance(first, FinishEvent):
+                return Completion(text=first.token.text, tokens=(first.token,), finish=first)
+            if first is not None:
+                tokens.append(first)
             async for event in self:
                 if isinstance(event, FinishEvent):
                     tokens.append(event.token)

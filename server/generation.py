@@ -77,14 +77,7 @@ async def first_event(request: AnyRequest, handle: RequestHandle) -> TokenEvent 
 
 
 async def _collect(request: AnyRequest, handle: RequestHandle) -> Completion:
-    tokens: list[TokenEvent] = []
-    event = await first_event(request, handle)
-    while type(event) is TokenEvent:
-        tokens.append(event)
-        event = await handle.__anext__()
-    assert isinstance(event, FinishEvent)
-    tokens.append(event.token)
-    return Completion(text="".join([t.text for t in tokens]), tokens=tuple(tokens), finish=event)
+    return await handle.collect(await first_event(request, handle))
 
 
 async def whole(request: AnyRequest, handle: RequestHandle, metrics: Metrics) -> Completion:

@@ -119,6 +119,7 @@ def test_two_interleaved_conversations_keep_their_slots(warm_url: str) -> None:
     assert m["tokenspout_prompt_tokens_cached"] > 0 and m["tokenspout_prompt_tokens_computed"] > 0
 
 
+@pytest.mark.usefixtures("bit_identity")
 def test_a_shared_system_prompt_is_reused_and_nothing_after_it(
     warm_url: str, start_server: ServerFactory
 ) -> None:
