@@ -10,20 +10,29 @@ from engine.types import SamplingParams
 
 
 class Sampler:
-    """A llama.cpp sampler chain for one sequence. ``sample`` also accepts the token it returns."""
+    """A llama.cpp sampler chain for one sequence. ``sample`` also accepts the token it returns.
+
+    Plain greedy decoding (no bias, no penalties) needs no chain: the first of the highest logits is
+    what llama.cpp's greedy stage picks, and numpy finds it in a tenth of the time, because the chain
+    first copies every logit into a candidate array (49k entries for the default model, ~35 µs).
+    """
 
     __slots__ = ("_chain",)
 
     def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        self._chain = None
+        if params.greedy and not params.logit_bias and not params.penalized:
+            return
         self._chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         for stage in _stages(params, n_vocab):
             C.llama_sampler_chain_add(self._chain, stage)
 
-    def sample(self, ctx: object, row: int) -> int:
+    def sample(self, ctx: object, row: int, logits: npt.NDArray[np.float32]) -> int:
+        """The next token from batch row ``row``, whose logits (masked in place, if constrained)
+        are ``logits``."""
+        if self._chain is None:
+            return int(logits.argmax())
         return int(C.llama_sampler_sample(self._chain, ctx, row))
-
-    def accept(self, token: int) -> None:
-        C.llama_sampler_accept(self._chain, token)
 
     def close(self) -> None:
         if self._chain:

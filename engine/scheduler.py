@@ -148,6 +148,7 @@ class Scheduler:
         self.prompt_tokens_computed = 0
         self.steps = 0
         self._outbox: list[tuple[RequestHandle, Event]] = []
+        self._prefilling = False  # whether the current step's batch holds prompt tokens
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -172,11 +173,14 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while not self._stopping:
-                self._take_commands(block=not (self.running or self.waiting))
+                idle = not (self.running or self.waiting)
+                if idle:
+                    self._flush()  # no step will hand them over: before waiting for work
+                self._take_commands(block=idle)
                 self._admit()
                 if self.running:
                     self._step()
-                self._flush()
+            self._flush()
         except BaseException as exc:  # the engine is dead: say so to everyone instead of hanging them
             log.exception("scheduler thread crashed")
             self.failure = exc
@@ -246,9 +250,14 @@ class Scheduler:
 
     def _step(self) -> None:
         batch = self._fill_batch()
+        # The last step's events go to the loop now, not straight after sampling: the loop thread
+        # then wakes while llama_decode has let go of the GIL, instead of contending for it (and for
+        # the core) between two decodes, where every microsecond is on the critical path.
+        self._flush()
         started = time.perf_counter()
         code = self.context.decode()
-        self._measure(batch, time.perf_counter() - started)
+        if self._prefilling:
+            self._measure(batch, time.perf_counter() - started)
         if code != 0:
             # Admission keeps every request within its slot's cells, so this is llama.cpp failing
             # (out of memory, a backend error): fail this batch's requests, keep serving the rest.
@@ -279,18 +288,10 @@ class Scheduler:
         come, so slot order keeps a step to as few micro-batches as possible (one, when all decode).
         """
         prefilling = [seq for seq in self.running if not seq.prefilled]
+        self._prefilling = bool(prefilling)
+        if prefilling:
+            self._plan_prefill(prefilling)
         buffer = self.context.batch
-        budget = chunk_budget(
-            len(self.running) - len(prefilling),
-            buffer.capacity,
-            self.prefill_chunk,
-            self.seconds_per_prompt_token,
-            self.step_target_seconds,
-            fresh_prompt=bool(prefilling) and prefilling[0].n_cached == prefilling[0].n_reused,
-        )
-        plan = plan_prefill([prefill_left(len(s.prompt), s.n_cached) for s in prefilling], budget)
-        for seq, take in zip(prefilling, plan, strict=True):
-            seq.step_tokens = take
         buffer.clear()
         members: list[Sequence] = []
         for seq in filter(None, self.slots):
@@ -307,6 +308,21 @@ class Scheduler:
             members.append(seq)
         buffer.seal()
         return members
+
+    def _plan_prefill(self, prefilling: list[Sequence]) -> None:
+        """Set ``step_tokens`` of each prompt being prefilled, oldest first, within this step's budget."""
+        first = prefilling[0]
+        budget = chunk_budget(
+            len(self.running) - len(prefilling),
+            self.context.batch.capacity,
+            self.prefill_chunk,
+            self.seconds_per_prompt_token,
+            self.step_target_seconds,
+            fresh_prompt=first.n_cached == first.n_reused,
+        )
+        plan = plan_prefill([prefill_left(len(s.prompt), s.n_cached) for s in prefilling], budget)
+        for seq, take in zip(prefilling, plan, strict=True):
+            seq.step_tokens = take
 
     def _sample(self, seq: Sequence) -> None:
         request = seq.request
@@ -345,11 +361,11 @@ class Scheduler:
         everything = log_softmax(logits) if request.logprobs or request.top_logprobs else None
         if guide is not None and request.sampling.penalized:
             guide.restrict(logits)  # penalty stages remember what they are shown: mask first
-        token = sampler.sample(ctx, row)
+        token = sampler.sample(ctx, row, logits)
         if guide is not None:
             if not guide.allows(token):
                 guide.restrict(logits)
-                token = sampler.sample(ctx, row)
+                token = sampler.sample(ctx, row, logits)
             guide.accept(token)
         if everything is None:
             return token, None, None
