@@ -62,7 +62,8 @@ def decode(model: str, threads: int, rounds: int, n_tokens: int) -> None:
             for n in (1, 4):
                 bare_rate = bare(model, threads, "--sequences", str(n), "--tokens", str(n_tokens))
                 rows.setdefault(f"bare {n}", []).append(bare_rate["tokens_per_second"])
-                for name, (process, url), streamer in targets:
+                # every other round in reverse, so that drift within a round favours nobody
+                for name, (process, url), streamer in targets[:: 1 if round_ % 2 else -1]:
                     cpu = cpu_seconds(process.pid)
                     rate, ttft, tokens = asyncio.run(stream_rate(streamer, url, body, n))
                     rows.setdefault(f"{name} {n}", []).append(rate)
