@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import llama_cpp as C
 import pytest
 
 from engine import Engine, EngineConfig
 from engine.errors import GenerationError
-from engine.types import GenerationRequest
+from engine.llama import FAST, Context, Model
+from engine.sampling import Sampler
+from engine.types import GenerationRequest, SamplingParams
 
 
 def test_a_failing_decode_fails_its_requests_and_the_engine_goes_on(model_path: str) -> None:
@@ -36,3 +40,32 @@ def test_a_failing_decode_fails_its_requests_and_the_engine_goes_on(model_path: 
             engine.close()
 
     asyncio.run(scenario())
+
+
+def test_greedy_without_a_chain_picks_what_llama_cpps_greedy_sampler_picks(model_path: str) -> None:
+    """Plain greedy sampling is an argmax over the logits, not llama.cpp's chain: the same token,
+    on the model's real logits and on a tie for the top (the first of the equal maxima)."""
+    model = Model(Path(model_path))
+    context = Context(model, n_ctx=256, n_seq=1, n_batch=64, shape=FAST, n_threads=2)
+    reference = C.llama_sampler_init_greedy()
+    ours = Sampler(SamplingParams(temperature=0), model.n_vocab)
+    try:
+        prompt = model.tokenize("Once upon a time", add_special=True)
+        for position, token in enumerate(prompt):
+            context.batch.add(token, position, 0, position == len(prompt) - 1)
+        context.batch.seal()
+        assert context.decode() == 0
+        row = len(prompt) - 1
+        logits = context.logits(row)
+
+        def llama_cpps() -> int:
+            return int(C.llama_sampler_sample(reference, context.ptr, row))
+
+        assert ours.sample(context.ptr, row, logits) == llama_cpps()
+        logits[[7, 4000]] = logits.max() + 1.0  # the view is the context's own logits: llama.cpp sees it
+        assert ours.sample(context.ptr, row, logits) == llama_cpps() == 7
+    finally:
+        ours.close()
+        C.llama_sampler_free(reference)
+        context.close()
+        model.close()
