@@ -148,7 +148,6 @@ class Scheduler:
         self.prompt_tokens_computed = 0
         self.steps = 0
         self._outbox: list[tuple[RequestHandle, Event]] = []
-        self._prefilling = False  # whether the current step's batch holds prompt tokens
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -256,7 +255,7 @@ class Scheduler:
         self._flush()
         started = time.perf_counter()
         code = self.context.decode()
-        if self._prefilling:
+        if self.context.batch.size > len(batch):  # prompt tokens in it: a step the cost model is for
             self._measure(batch, time.perf_counter() - started)
         if code != 0:
             # Admission keeps every request within its slot's cells, so this is llama.cpp failing
@@ -288,7 +287,6 @@ class Scheduler:
         come, so slot order keeps a step to as few micro-batches as possible (one, when all decode).
         """
         prefilling = [seq for seq in self.running if not seq.prefilled]
-        self._prefilling = bool(prefilling)
         if prefilling:
             self._plan_prefill(prefilling)
         buffer = self.context.batch
