@@ -1,7 +1,7 @@
 """Tool calling and structured output over HTTP, with the clients people use: the openai SDK,
 langchain-openai and huggingface_hub, against real servers: the default model (no tool support in its
-template: the generic format) and a copy of it given a Hermes-style (Qwen2.5) template with the gguf
-package's metadata writer (the native format)."""
+template: the generic format) and copies of it given the real chat templates of Qwen2.5 (Hermes-style
+calls), Llama 3.2 and Mistral 7B v0.3 with the gguf package's metadata writer (their native formats)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ from pydantic import SecretStr
 from tests import model_variants
 from tests.conftest import ServerFactory
 
-TEMPLATE = Path(__file__).parent / "fixtures" / "chat_templates" / "qwen2.5-instruct.jinja"
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+NATIVE = {  # format -> a real template that speaks it
+    "hermes": "qwen2.5-instruct.jinja",
+    "llama3": "llama-3.2-instruct.jinja",
+    "mistral": "mistral-7b-instruct-v0.3.jinja",
+}
 WEATHER_PARAMETERS = {
     "type": "object",
     "properties": {
@@ -65,15 +70,34 @@ ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris, and
 TIME_CHOICE: Any = {"type": "function", "function": {"name": "get_time"}}
 
 
-@pytest.fixture(scope="session")
-def hermes_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
-    """The same weights with a Hermes-style tool template (Qwen2.5's), written by the gguf package."""
-    copy = model_variants.with_chat_template(Path(model_path), TEMPLATE.read_text(), "hermes")
-    with start_server("--model", str(copy)) as url:
+def _native_server(fmt: str, model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    """The same weights with a real template of another family, written by the gguf package."""
+    template = (TEMPLATES / NATIVE[fmt]).read_text()
+    with start_server(
+        "--model", str(model_variants.with_chat_template(Path(model_path), template, fmt))
+    ) as url:
         yield url
 
 
-@pytest.fixture(params=["base_url", "hermes_url"], ids=["generic", "hermes"])
+@pytest.fixture(scope="session")
+def hermes_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    yield from _native_server("hermes", model_path, start_server)
+
+
+@pytest.fixture(scope="session")
+def llama3_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    yield from _native_server("llama3", model_path, start_server)
+
+
+@pytest.fixture(scope="session")
+def mistral_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    yield from _native_server("mistral", model_path, start_server)
+
+
+@pytest.fixture(
+    params=["base_url", "hermes_url", "llama3_url", "mistral_url"],
+    ids=["generic", "hermes", "llama3", "mistral"],
+)
 def server(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(request.param)
     return url
@@ -284,8 +308,15 @@ def test_a_full_round_trip_calls_then_results_then_an_answer(server: str) -> Non
     history: list[Any] = [*ASK, first.model_dump(exclude_none=True)]
     for call in first.tool_calls:
         history.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C, 14:05"})
+    # ignore_eos: under a template it was not trained on (Mistral's), the model ends its turn at once
     answer = client.chat.completions.create(
-        model="any", messages=history, tools=TOOLS, tool_choice="none", max_tokens=40, temperature=0
+        model="any",
+        messages=history,
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=40,
+        temperature=0,
+        extra_body={"ignore_eos": True},
     )
     assert answer.choices[0].message.content and answer.choices[0].message.tool_calls is None
     assert answer.usage and answer.usage.prompt_tokens > 60  # the calls and results reached the prompt
