@@ -188,6 +188,10 @@ class Engine:
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.model.tokenize(text, add_special=add_special)
 
+    def tokenize_tail(self, text: str, n: int) -> list[int]:
+        """The last ``n`` tokens of ``tokenize(text)``, without tokenizing all of a long text."""
+        return self.model.tokenize_tail(text, n)
+
     def token_spans(self, text: str) -> list[tuple[int, str, int, int]]:
         return self.model.token_spans(text)
 

@@ -200,6 +200,41 @@ class Model:
         ids: list[int] = np.ctypeslib.as_array(tokens)[:n].tolist()
         return ids
 
+    def tokenize_tail(self, text: str, n: int) -> list[int]:
+        """The last ``n`` tokens of ``tokenize(text, add_special=True)`` (TGI's ``truncate``), computed
+        from the end of the text when it is long: tokenizing a 2 MB input takes half a second of a
+        core that running streams need, to keep 64 tokens.
+
+        A tail cut just before a word (a space after a non-space, where pre-tokenizers split) holds
+        at least ``n + TAIL_MARGIN`` tokens; the first few may differ from the whole text's, the rest
+        cannot. Two tails cut at different words must agree on their last ``n`` tokens, or the whole
+        text is tokenized after all (a text without a word boundary in reach takes that path too)."""
+        utf8(text)  # a lone surrogate anywhere is refused, as when the whole text is tokenized
+        if self.longest_piece is not None:
+            reach = (n + TAIL_MARGIN) * self.longest_piece  # characters that surely hold that many tokens
+            near = _word_start_before(text, len(text) - reach)
+            far = _word_start_before(text, len(text) - 2 * reach)
+            if near is not None and far is not None:
+                tail = self.tokenize(text[near:], add_special=True)[-n:]
+                if self.tokenize(text[far:], add_special=True)[-n:] == tail:
+                    return tail
+        return self.tokenize(text, add_special=True)[-n:]
+
+
+TAIL_MARGIN = 64  # tokens of a tail before the kept ones, where its cut may tokenize differently
+_WORD_SEARCH = 1024  # characters searched back for a word boundary before giving up on a tail
+
+
+def _word_start_before(text: str, at: int) -> int | None:
+    """The last index at or before ``at`` where a space follows a non-space (so a pre-token begins),
+    within ``_WORD_SEARCH`` characters; None if ``at`` is outside the text or there is none."""
+    if at <= 0:
+        return None
+    for i in range(at, max(at - _WORD_SEARCH, 0), -1):
+        if text[i].isspace() and not text[i - 1].isspace():
+            return i
+    return None
+
 
 def utf8(text: str) -> bytes:
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
 from engine import (
     Completion,
@@ -22,6 +23,8 @@ from server.openai_adapter import Tokenize
 from server.sse import frame
 from server.state import Limits
 from server.tool_formats import COMPACT
+
+TokenizeTail = Callable[[str, int], list[int]]  # (text, n): the last n tokens of the text
 
 MAX_TOP_N_TOKENS = 5
 
@@ -109,16 +112,18 @@ def sampling(p: w.GenerateParameters, seed: int) -> SamplingParams:
     )
 
 
-def generation_request(body: w.GenerateRequest, tokenize: Tokenize, limits: Limits) -> GenerationRequest:
+def generation_request(
+    body: w.GenerateRequest, tokenize: Tokenize, tokenize_tail: TokenizeTail, limits: Limits
+) -> GenerationRequest:
     p = body.parameters
     validate(p, limits)
     if not body.inputs:
         raise _invalid("`inputs` cannot be empty", "inputs")
-    if p.truncate is None:  # with `truncate`, a long input is cut to its end, not refused
+    if p.truncate is None:
         refuse_surely_too_long(body.inputs, limits.max_input_tokens, limits.longest_piece, "inputs")
-    tokens = tokenize(body.inputs)
-    if p.truncate is not None:
-        tokens = tokens[-p.truncate :]  # TGI keeps the end of the input
+        tokens = tokenize(body.inputs)
+    else:  # a long input is cut to its last tokens (as TGI does), not refused
+        tokens = tokenize_tail(body.inputs, p.truncate)
     if len(tokens) > limits.max_input_tokens:
         raise _invalid(
             f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {len(tokens)}", "inputs"

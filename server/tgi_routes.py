@@ -21,7 +21,9 @@ async def _generate(
     s = services(request)
     count_request(request, s.metrics)
     # Off the event loop: tokenizing a long input takes a while and would pause every running stream.
-    engine_request = await asyncio.to_thread(adapt.generation_request, body, s.engine.tokenize, s.limits)
+    engine_request = await asyncio.to_thread(
+        adapt.generation_request, body, s.engine.tokenize, s.engine.tokenize_tail, s.limits
+    )
     handle = s.engine.submit(engine_request)
     if streamed:
         encoder = adapt.TgiStream(engine_request, body.inputs, body.parameters)

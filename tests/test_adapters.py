@@ -17,6 +17,12 @@ from server.tool_formats import ToolFormat
 from server.tool_request import history
 
 LIMITS = Limits(max_input_tokens=99, max_total_tokens=100, max_stop_sequences=2)
+
+
+def _no_tail(text: str, n: int) -> list[int]:
+    raise AssertionError("only `truncate` asks for the last tokens of an input")
+
+
 TIMING = Timing(0.0, 0.1, 0.5)
 
 
@@ -89,7 +95,7 @@ def test_chat_messages_flatten_text_parts_and_refuse_empty_content() -> None:
 def test_tgi_validation_names_the_field(parameters: dict[str, object], field: str) -> None:
     body = msgspec.convert({"inputs": "abc", "parameters": parameters}, tw.GenerateRequest)
     with pytest.raises(ValidationError) as refused:
-        tgi_adapter.generation_request(body, lambda text: [1, 2, 3], LIMITS)
+        tgi_adapter.generation_request(body, lambda text: [1, 2, 3], _no_tail, LIMITS)
     assert refused.value.field == field
     assert str(refused.value).startswith("Input validation error: ")
     assert f"`{field}`" in str(refused.value)
@@ -97,14 +103,14 @@ def test_tgi_validation_names_the_field(parameters: dict[str, object], field: st
 
 def test_tgi_do_sample_false_is_greedy_unless_a_warper_is_set() -> None:
     greedy = msgspec.convert({"inputs": "x"}, tw.GenerateRequest)
-    assert tgi_adapter.generation_request(greedy, lambda t: [1], LIMITS).sampling.greedy
+    assert tgi_adapter.generation_request(greedy, lambda t: [1], _no_tail, LIMITS).sampling.greedy
     warped = msgspec.convert({"inputs": "x", "parameters": {"temperature": 0.7}}, tw.GenerateRequest)
-    assert not tgi_adapter.generation_request(warped, lambda t: [1], LIMITS).sampling.greedy
+    assert not tgi_adapter.generation_request(warped, lambda t: [1], _no_tail, LIMITS).sampling.greedy
 
 
 def test_tgi_stream_marks_only_the_last_event_with_generated_text() -> None:
     body = msgspec.convert({"inputs": "Q:", "parameters": {"details": True}}, tw.GenerateRequest)
-    request = tgi_adapter.generation_request(body, lambda t: [1, 2], LIMITS)
+    request = tgi_adapter.generation_request(body, lambda t: [1, 2], _no_tail, LIMITS)
     stream = tgi_adapter.TgiStream(request, body.inputs, body.parameters)
     out = frames(stream.token(TokenEvent(5, "A", -0.5)) + stream.finish(finish("B")))
     assert out[0] == {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import llama_cpp as C
@@ -69,3 +70,34 @@ def test_greedy_without_a_chain_picks_what_llama_cpps_greedy_sampler_picks(model
         C.llama_sampler_free(reference)
         context.close()
         model.close()
+
+
+def test_the_tail_of_a_long_text_tokenizes_as_the_end_of_the_whole(model_path: str) -> None:
+    """TGI's ``truncate`` keeps an input's last tokens; they come from a tail of a long text (the
+    whole of it is tokenized only to check here), and from the whole text when no word boundary
+    is in reach."""
+    model = Model(Path(model_path))
+    tokenized: list[int] = []  # the length of each text the tail path tokenized
+    whole_tokenize = model.tokenize
+
+    def spy(text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        tokenized.append(len(text))
+        return whole_tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    rng = random.Random(7)
+    words = ["the", "sea", "naïve", "café", "東京", "🙂", "42", "3.14", "it's", "<|im_end|>", "x" * 30]
+    gaps = [" ", " ", " ", "  ", "\n", "\n\n", "\t", ", ", ". "]
+    prose = "".join(rng.choice(words) + rng.choice(gaps) for _ in range(40_000))
+    cases = {
+        "repeated sentence": ("All work and no play makes Jack a dull boy. " * 5_000, True),
+        "mixed prose": (prose, True),
+        "no word boundary": ("a" * 200_000, False),
+        "short": ("Once upon a time", False),
+    }
+    model.tokenize = spy  # type: ignore[method-assign]
+    for name, (text, from_tail) in cases.items():
+        expected = whole_tokenize(text, add_special=True)
+        for n in (1, 64, 300):
+            tokenized.clear()
+            assert model.tokenize_tail(text, n) == expected[-n:], (name, n)
+            assert (max(tokenized) < len(text)) == from_tail, (name, n, tokenized)

@@ -51,6 +51,22 @@ def test_stream_format_and_greedy_stream_equals_generate(base_url: str) -> None:
     assert all(e.token.logprob is not None and e.token.logprob <= 0 for e in events)
 
 
+def test_truncate_keeps_the_last_tokens_of_an_input_longer_than_the_context(base_url: str) -> None:
+    """With TGI's ``truncate``, an input far past the context (refused without it) is cut to its last
+    tokens: what comes out depends on them alone, as for its own ending."""
+    client = hub(base_url)
+    ending = " ".join(["Once upon a time, in a quiet village by the sea, there lived"] * 5)
+    long_input = "All work and no play makes Jack a dull boy. " * 20_000 + ending  # ~880 KB
+    with pytest.raises(ValidationError, match="inputs"):
+        client.text_generation(long_input, max_new_tokens=12)
+    outs = [
+        list(client.text_generation(text, max_new_tokens=12, truncate=48, stream=True, details=True))[-1]
+        for text in (long_input, ending)
+    ]
+    assert all(out.details is not None and out.details.input_length == 48 for out in outs)
+    assert outs[0].generated_text == outs[1].generated_text
+
+
 def test_compat_route_picks_the_mode_from_the_body(client: httpx.Client) -> None:
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 8}}
     whole = client.post("/", json=body)
