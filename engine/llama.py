@@ -221,6 +221,14 @@ class Model:
         return self.tokenize(text, add_special=True)[-n:]
 
 
+# llama_get_logits_ith returning the bare address (llama-cpp-python's binding returns a float
+# pointer, whose address costs two more objects to read). Its own function object, so that the
+# binding's is left as it is.
+_get_logits_ith = C.llama_cpp._lib["llama_get_logits_ith"]
+_get_logits_ith.argtypes = [C.llama_context_p_ctypes, ctypes.c_int32]
+_get_logits_ith.restype = ctypes.c_void_p
+_MAX_LOGITS_VIEWS = 4096  # far more rows than a batch outputs: reached only if the buffer keeps moving
+
 TAIL_MARGIN = 64  # tokens of a tail before the kept ones, where its cut may tokenize differently
 _WORD_SEARCH = 1024  # characters searched back for a word boundary before giving up on a tail
 
@@ -325,6 +333,7 @@ class Context:
         self.memory = C.llama_get_memory(self.ptr)
         self.batch = Batch(self.n_batch)
         self._logits_row = ctypes.c_float * model.n_vocab
+        self._logits_views: dict[int, npt.NDArray[np.float32]] = {}
         # What llama.cpp logged it allocated; None if this build words it otherwise.
         self.kv_report: str | None = _kv_report[-1] if _kv_report else None
 
@@ -372,12 +381,23 @@ class Context:
             raise RuntimeError(f"llama.cpp could not restore a saved state into sequence {seq_id}")
 
     def logits(self, index: int) -> npt.NDArray[np.float32]:
-        """The logits of batch row ``index``, as a view (valid until the next decode)."""
-        pointer = C.llama_get_logits_ith(self.ptr, index)
-        # Through a ctypes array type made once: as_array on the bare pointer costs ~30 µs here, on
-        # the critical path between two decodes (the CPU's caches are cold after a decode).
-        row = self._logits_row.from_address(ctypes.addressof(pointer.contents))
-        return np.ctypeslib.as_array(row)
+        """The logits of batch row ``index``, as a view (valid until the next decode).
+
+        This runs between two decodes, where every microsecond is on the critical path: making a
+        numpy view of a ctypes pointer took 20-40 µs there (caches are cold after a decode), so each
+        row address llama.cpp hands out gets its view made once. The address is what llama.cpp says
+        holds this row's ``n_vocab`` logits now, so its view reads exactly that, whatever buffer it
+        was first made for."""
+        address = _get_logits_ith(self.ptr, index)
+        if not address:
+            raise RuntimeError(f"llama.cpp holds no logits for batch row {index}")
+        view = self._logits_views.get(address)
+        if view is None:
+            if len(self._logits_views) >= _MAX_LOGITS_VIEWS:  # the output buffer moved: start over
+                self._logits_views.clear()
+            view = np.ctypeslib.as_array(self._logits_row.from_address(address))
+            self._logits_views[address] = view
+        return view
 
 
 class Batch:
