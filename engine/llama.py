@@ -202,13 +202,14 @@ class Model:
 
     def tokenize_tail(self, text: str, n: int) -> list[int]:
         """The last ``n`` tokens of ``tokenize(text, add_special=True)`` (TGI's ``truncate``), computed
-        from the end of the text when it is long: tokenizing a 2 MB input takes half a second of a
-        core that running streams need, to keep 64 tokens.
+        from the end of the text when it is long: tokenizing all of a 2 MB input takes half a second
+        of a core that running streams need.
 
         A tail cut just before a word (a space after a non-space, where pre-tokenizers split) holds
-        at least ``n + TAIL_MARGIN`` tokens; the first few may differ from the whole text's, the rest
-        cannot. Two tails cut at different words must agree on their last ``n`` tokens, or the whole
-        text is tokenized after all (a text without a word boundary in reach takes that path too)."""
+        at least ``n + TAIL_MARGIN`` tokens; only its first few can tokenize otherwise than in the
+        whole text. As a check, two tails cut at different words must agree on their last ``n``
+        tokens, or the whole text is tokenized after all (as is a text without a word boundary in
+        reach)."""
         utf8(text)  # a lone surrogate anywhere is refused, as when the whole text is tokenized
         if self.longest_piece is not None:
             reach = (n + TAIL_MARGIN) * self.longest_piece  # characters that surely hold that many tokens
@@ -220,14 +221,6 @@ class Model:
                     return tail
         return self.tokenize(text, add_special=True)[-n:]
 
-
-# llama_get_logits_ith returning the bare address (llama-cpp-python's binding returns a float
-# pointer, whose address costs two more objects to read). Its own function object, so that the
-# binding's is left as it is.
-_get_logits_ith = C.llama_cpp._lib["llama_get_logits_ith"]
-_get_logits_ith.argtypes = [C.llama_context_p_ctypes, ctypes.c_int32]
-_get_logits_ith.restype = ctypes.c_void_p
-_MAX_LOGITS_VIEWS = 4096  # far more rows than a batch outputs: reached only if the buffer keeps moving
 
 TAIL_MARGIN = 64  # tokens of a tail before the kept ones, where its cut may tokenize differently
 _WORD_SEARCH = 1024  # characters searched back for a word boundary before giving up on a tail
@@ -291,6 +284,15 @@ class Shape(msgspec.Struct, frozen=True):
 
 FAST = Shape(C.GGML_TYPE_F16, 512, C.LLAMA_FLASH_ATTN_TYPE_AUTO)
 DETERMINISTIC = Shape(C.GGML_TYPE_Q8_0, 32, C.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+
+
+# llama_get_logits_ith returning the bare address (llama-cpp-python's binding returns a float
+# pointer, whose address costs two more objects to read). Its own function object, so that the
+# binding's is left as it is.
+_get_logits_ith = C.llama_cpp._lib["llama_get_logits_ith"]
+_get_logits_ith.argtypes = [C.llama_context_p_ctypes, ctypes.c_int32]
+_get_logits_ith.restype = ctypes.c_void_p
+_MAX_LOGITS_VIEWS = 4096  # far more rows than a batch outputs: reached only if the buffer keeps moving
 
 
 class Context:

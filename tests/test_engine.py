@@ -95,9 +95,12 @@ def test_the_tail_of_a_long_text_tokenizes_as_the_end_of_the_whole(model_path: s
         "short": ("Once upon a time", False),
     }
     model.tokenize = spy  # type: ignore[method-assign]
-    for name, (text, from_tail) in cases.items():
-        expected = whole_tokenize(text, add_special=True)
-        for n in (1, 64, 300):
-            tokenized.clear()
-            assert model.tokenize_tail(text, n) == expected[-n:], (name, n)
-            assert (max(tokenized) < len(text)) == from_tail, (name, n, tokenized)
+    try:
+        for name, (text, from_tail) in cases.items():
+            expected = whole_tokenize(text, add_special=True)
+            for n in (1, 64, 300):
+                tokenized.clear()
+                assert model.tokenize_tail(text, n) == expected[-n:], (name, n)
+                assert (max(tokenized) < len(text)) == from_tail, (name, n, tokenized)
+    finally:
+        model.close()
