@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import ValidationError
+from engine.errors import GenerationError, ValidationError
 
 log = logging.getLogger("tokenspout.llama")
 
@@ -210,12 +210,12 @@ class Model:
         whole text. As a check, two tails cut at different words must agree on their last ``n``
         tokens, or the whole text is tokenized after all (as is a text without a word boundary in
         reach)."""
-        utf8(text)  # a lone surrogate anywhere is refused, as when the whole text is tokenized
         if self.longest_piece is not None:
             reach = (n + TAIL_MARGIN) * self.longest_piece  # characters that surely hold that many tokens
             near = _word_start_before(text, len(text) - reach)
             far = _word_start_before(text, len(text) - 2 * reach)
             if near is not None and far is not None:
+                utf8(text[:far])  # a lone surrogate where no tail reaches is refused all the same
                 tail = self.tokenize(text[near:], add_special=True)[-n:]
                 if self.tokenize(text[far:], add_special=True)[-n:] == tail:
                     return tail
@@ -392,7 +392,7 @@ class Context:
         was first made for."""
         address = _get_logits_ith(self.ptr, index)
         if not address:
-            raise RuntimeError(f"llama.cpp holds no logits for batch row {index}")
+            raise GenerationError(f"llama.cpp holds no logits for batch row {index}")
         view = self._logits_views.get(address)
         if view is None:
             if len(self._logits_views) >= _MAX_LOGITS_VIEWS:  # the output buffer moved: start over
