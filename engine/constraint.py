@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
+import llama_cpp as C
 import llguidance
 import llguidance.llamacpp
 import llguidance.numpy
@@ -45,12 +46,28 @@ class Grammars:
     """Compiles constraints for one model (llguidance's view of its vocabulary is built once)."""
 
     def __init__(self, model: Model) -> None:
+        self._model = model
         # Every end-of-generation token (not just EOS) may end a complete structure.
         with warnings.catch_warnings():  # it calls a llama-cpp-python alias deprecated once per token
             warnings.simplefilter("ignore", DeprecationWarning)
             self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
                 model.vocab, n_vocab=model.n_vocab, eos_token=sorted(model.eog)
             )
+
+    def special_token(self, text: str) -> int | None:
+        """The id of ``text`` when the vocabulary holds it as one token that llguidance treats as
+        special (a control token, or a user-defined one spelled ``<...>``), else None. A grammar must
+        name such a token by id (``<[id]>``): spelled as text it means other tokens, and the model's
+        own token would be refused."""
+        tokens = self._model.tokenize(text, add_special=False)
+        if len(tokens) != 1:
+            return None
+        token = tokens[0]
+        attr = C.llama_token_get_attr(self._model.vocab, token)
+        if attr & C.LLAMA_TOKEN_ATTR_CONTROL:
+            return token
+        user_defined = attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED
+        return token if user_defined and text.startswith("<") and text.endswith(">") else None
 
     def compile(self, constraint: Constraint) -> llguidance.LLMatcher:
         """A matcher at the start of ``constraint``; ValidationError (naming its field) if llguidance

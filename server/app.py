@@ -13,9 +13,9 @@ from engine import Engine
 from server.auth import require_api_key
 from server.errors import exception_handler
 from server.metrics import CONTENT_TYPE
-from server.openai_routes import openai_router
+from server.openai.routes import openai_router
 from server.state import AnyRequest, ServerSettings, Services, services
-from server.tgi_routes import tgi_router
+from server.tgi.routes import tgi_router
 from server.version import VERSION
 
 DEMO_PAGE = files("server").joinpath("static/index.html").read_bytes()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from models import DEFAULT_MODEL, ModelError, ensure_model, model_dir, resolve_model_path
+from models import DEFAULT_MODEL, KNOWN_MODELS, ModelError, ensure_model, model_dir, resolve_model_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,9 +63,9 @@ def main() -> None:
 @_option(
     "--model",
     envvar="MODEL",
-    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"GGUF file to serve. Default: {DEFAULT_MODEL.name}, fetched on first use.",
+    help=f"GGUF file to serve, or the name of a model the store knows ({', '.join(sorted(KNOWN_MODELS))}), "
+    f"fetched on first use. Default: {DEFAULT_MODEL.name}.",
 )
 @_option(
     "--host",
@@ -256,10 +256,11 @@ def models() -> None:
 
 
 @models.command()
-def pull() -> None:
-    """Fetch the default model into the store (and verify its sha256)."""
+@click.argument("name", type=click.Choice(sorted(KNOWN_MODELS)), default="smollm2-135m")
+def pull(name: str) -> None:
+    """Fetch a model the store knows by NAME (default: the default model) and verify its sha256."""
     try:
-        click.echo(ensure_model())
+        click.echo(ensure_model(KNOWN_MODELS[name]))
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -83,6 +83,7 @@ def run(o: ServeOptions) -> int:
     log.info("%s", engine.describe_context())
     log.info("%s", engine.describe_determinism())
     log.info("prompt cache: free slots keep their KV; %d MiB of host RAM for saved states", o.cache_ram)
+    log.info("tool format: %s", app.state.services.tools.describe())
     log.info("serving %s on http://%s:%d", engine.model_id, o.host, o.port)
     config = uvicorn.Config(
         app,

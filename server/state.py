@@ -9,6 +9,7 @@ from litestar import Request
 from litestar.datastructures import State
 
 from engine import Engine
+from server.conversation.tool_formats import model_tools
 from server.metrics import Metrics
 
 
@@ -45,12 +46,14 @@ class ServerSettings(msgspec.Struct, frozen=True):
 
 
 class Services:
-    __slots__ = ("engine", "limits", "metrics", "settings")
+    __slots__ = ("engine", "limits", "metrics", "settings", "tools")
 
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = Metrics(engine)
+        # How the model writes tool calls: its template's format, and which markers are tokens.
+        self.tools = model_tools(engine.chat_template.source, engine.grammars.special_token)
         total = min(settings.max_total_tokens or engine.n_ctx_slot, engine.n_ctx_slot)
         max_input = min(settings.max_input_tokens or total - 1, total - 1)
         model = engine.model

@@ -9,12 +9,12 @@ import pytest
 
 from engine import FinishEvent, FinishReason, TokenEvent, Usage, ValidationError
 from engine.types import Timing
-from server import openai_adapter, tgi_adapter
-from server import openai_wire as ow
-from server import tgi_wire as tw
+from server.openai import adapter as openai_adapter
+from server.openai import wire as ow
+from server.openai.conversation import turns
 from server.state import Limits
-from server.tool_formats import ToolFormat
-from server.tool_request import history
+from server.tgi import adapter as tgi_adapter
+from server.tgi import wire as tw
 
 LIMITS = Limits(max_input_tokens=99, max_total_tokens=100, max_stop_sequences=2)
 
@@ -71,10 +71,10 @@ def test_chat_messages_flatten_text_parts_and_refuse_empty_content() -> None:
         b'{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}',
         type=ow.ChatCompletionRequest,
     )
-    assert history(body, ToolFormat.GENERIC)[0].content == "ab"
+    assert turns(body)[0].text == "ab"
     body = msgspec.json.decode(b'{"messages":[{"role":"user","content":""}]}', type=ow.ChatCompletionRequest)
     with pytest.raises(ValidationError):
-        history(body, ToolFormat.GENERIC)
+        turns(body)
 
 
 @pytest.mark.parametrize(

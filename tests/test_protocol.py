@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from engine import ValidationError, refuse_surely_too_long
-from server import openai_adapter
+from server.openai import adapter as openai_adapter
 
 CHAT = "/v1/chat/completions"
 

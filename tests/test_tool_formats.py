@@ -17,12 +17,16 @@ from engine.chat import ChatTemplate
 from engine.constraint import Grammars
 from engine.llama import Model
 from engine.types import Timing
-from server import openai_adapter, tgi_adapter
-from server import openai_wire as w
-from server import tgi_wire as tw
-from server.tool_formats import Tool, ToolFormat, ToolPlan, constraint, detect
-from server.tool_parser import CallArguments, CallStart, Content, Delta, ToolCallParser
-from server.tool_request import plan_chat
+from server.conversation.parser import ToolCallParser
+from server.conversation.plan import ChatPlan, plan
+from server.conversation.reply import Reply
+from server.conversation.tool_formats import MARKERS, ModelTools, ToolFormat, ToolPlan, constraint, detect
+from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, Text, Tool
+from server.openai import adapter as openai_adapter
+from server.openai import wire as w
+from server.openai.conversation import conversation
+from server.tgi import adapter as tgi_adapter
+from server.tgi import wire as tw
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 EXPECTED = {
@@ -51,8 +55,13 @@ def body(**fields: object) -> w.ChatCompletionRequest:
     return msgspec.json.decode(json.dumps(raw), type=w.ChatCompletionRequest)
 
 
-def no_special(text: str) -> int | None:
-    return None
+def text_markers(fmt: ToolFormat) -> ModelTools:
+    """A model whose tool markers are ordinary text."""
+    return ModelTools(fmt, {})
+
+
+def plan_chat(request: w.ChatCompletionRequest, fmt: ToolFormat) -> ChatPlan:
+    return plan(conversation(request), text_markers(fmt))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -82,7 +91,7 @@ ROUND_TRIP = [
 def test_each_template_renders_tools_calls_and_results(name: str) -> None:
     template = ChatTemplate((TEMPLATES / name).read_text(), "<s>", "</s>")
     fmt = detect(template.source)
-    plan = plan_chat(body(messages=ROUND_TRIP, tools=TOOLS), fmt, no_special)
+    plan = plan_chat(body(messages=ROUND_TRIP, tools=TOOLS), fmt)
     prompt = template.render(plan.messages, tools=plan.template_tools)
     assert "sunny, 21 C" in prompt and "Paris" in prompt
     assert "get_weather" in prompt and "get_time" in prompt  # the tools reach the model, natively or not
@@ -109,14 +118,10 @@ def grammars(model_path: str) -> Iterator[tuple[Grammars, Model]]:
 
 def accepts(grammars: tuple[Grammars, Model], plan: ToolPlan, text: str) -> bool:
     compiled, model = grammars
-    matcher = compiled.compile(constraint(plan, lambda t: _single(model, t)))
+    markers = {m: t for m in MARKERS[plan.format] if (t := compiled.special_token(m)) is not None}
+    matcher = compiled.compile(constraint(plan, ModelTools(plan.format, markers)))
     tokens = model.tokenize(text, add_special=False)
     return bool(matcher.consume_tokens(tokens)) and bool(matcher.is_accepting())
-
-
-def _single(model: Model, text: str) -> int | None:
-    tokens = model.tokenize(text, add_special=False)
-    return tokens[0] if len(tokens) == 1 else None
 
 
 TOOL_SPECS = (Tool("get_weather", "Forecast", WEATHER), Tool("get_time", None, {"type": "object"}))
@@ -185,7 +190,9 @@ def test_a_tool_schema_llguidance_cannot_enforce_is_refused_naming_tools(
 ) -> None:
     bad = Tool("f", None, {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}})
     with pytest.raises(ValidationError) as refused:
-        grammars[0].compile(constraint(ToolPlan(ToolFormat.GENERIC, (bad,), required=True), no_special))
+        grammars[0].compile(
+            constraint(ToolPlan(ToolFormat.GENERIC, (bad,), required=True), text_markers(ToolFormat.GENERIC))
+        )
     assert refused.value.field == "tools"
 
 
@@ -201,7 +208,7 @@ def splits(text: str) -> Iterator[list[str]]:
 
 
 def parse(fmt: ToolFormat, pieces: list[str]) -> tuple[list[Delta], ToolCallParser]:
-    parser = ToolCallParser(fmt)
+    parser = ToolCallParser(fmt, frozenset({"f", "g", "get_weather"}))
     out: list[Delta] = []
     for piece in pieces:
         out += parser.push(piece)
@@ -209,7 +216,7 @@ def parse(fmt: ToolFormat, pieces: list[str]) -> tuple[list[Delta], ToolCallPars
 
 
 def summary(deltas: list[Delta]) -> tuple[str, list[tuple[str, str]]]:
-    content = "".join(d.text for d in deltas if isinstance(d, Content))
+    content = "".join(d.text for d in deltas if isinstance(d, Text))
     calls: list[tuple[str, str]] = []
     for d in deltas:
         if isinstance(d, CallStart):
@@ -259,13 +266,14 @@ def test_the_parser_gives_the_same_content_and_calls_however_the_text_is_cut(
 
 
 def test_arguments_stream_as_they_are_generated_not_at_the_end() -> None:
-    parser = ToolCallParser(ToolFormat.HERMES)
+    parser = ToolCallParser(ToolFormat.HERMES, frozenset({"get_weather"}))
     assert parser.push("<tool_call>\n") == []
     start = parser.push('{"name": "get_weather", "arguments": {"ci')
     assert isinstance(start[0], CallStart) and start[0].name == "get_weather"
     assert start[1:] == [CallArguments(0, '{"ci')]
     assert parser.push('ty": "Paris"') == [CallArguments(0, 'ty": "Paris"')]
-    assert parser.push("}}\n</tool_call>") == [CallArguments(0, "}")]
+    end = parser.push("}}\n</tool_call>")
+    assert end == [CallArguments(0, "}"), CallEnd(0, start[0].id, "get_weather", '{"city": "Paris"}')]
     assert parser.finish() == []
 
 
@@ -288,7 +296,8 @@ def finish_event(text: str, reason: FinishReason = FinishReason.EOS) -> FinishEv
 
 
 def test_chat_stream_sends_each_call_id_and_name_once_then_fragments() -> None:
-    stream = openai_adapter.ChatStream("m", include_usage=False, logprobs=False, tools=ToolFormat.GENERIC)
+    reply = Reply(ToolPlan(ToolFormat.GENERIC, (Tool("f", None, {}), Tool("g", None, {})), required=False))
+    stream = openai_adapter.ChatStream("m", include_usage=False, logprobs=False, reply=reply)
     data = b""
     for piece in [
         '{"tool_calls": [{"name": "f", "arg',
@@ -314,22 +323,24 @@ def test_chat_stream_sends_each_call_id_and_name_once_then_fragments() -> None:
     assert out[-1] == "[DONE]"
 
 
+def hermes_reply() -> Reply:
+    return Reply(ToolPlan(ToolFormat.HERMES, (Tool("f", None, {}),), required=False))
+
+
 def test_whole_answers_null_content_with_calls_and_no_tool_calls_key_without() -> None:
     text = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
     called = openai_adapter.chat_completion(
-        "m", Completion(text, (), finish_event("")), False, ToolFormat.HERMES
+        "m", Completion(text, (), finish_event("")), False, hermes_reply()
     )
     body = msgspec.json.decode(msgspec.json.encode(called))
     message = body["choices"][0]["message"]
     assert message["content"] is None and body["choices"][0]["finish_reason"] == "tool_calls"
     assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x": 1}'}
-    plain = openai_adapter.chat_completion(
-        "m", Completion("Hi", (), finish_event("")), False, ToolFormat.HERMES
-    )
+    plain = openai_adapter.chat_completion("m", Completion("Hi", (), finish_event("")), False, hermes_reply())
     message = msgspec.json.decode(msgspec.json.encode(plain))["choices"][0]["message"]
     assert message["content"] == "Hi" and "tool_calls" not in message
     cut = openai_adapter.chat_completion(
-        "m", Completion(text[:30], (), finish_event("", FinishReason.LENGTH)), False, ToolFormat.HERMES
+        "m", Completion(text[:30], (), finish_event("", FinishReason.LENGTH)), False, hermes_reply()
     )
     assert cut.choices[0].finish_reason == "length"  # a call cut by max_tokens is not a finished call
 
@@ -363,22 +374,21 @@ def test_tgi_grammar_types() -> None:
 )
 def test_plans_refuse_what_cannot_be_honoured(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        plan_chat(body(**fields), ToolFormat.HERMES, no_special)
+        plan_chat(body(**fields), ToolFormat.HERMES)
     assert refused.value.field == param
 
 
 def test_plans_resolve_choices() -> None:
-    auto = plan_chat(body(tools=TOOLS), ToolFormat.HERMES, no_special)
+    auto = plan_chat(body(tools=TOOLS), ToolFormat.HERMES)
     assert auto.tools is not None and not auto.tools.required and auto.special_text
     assert auto.template_tools is not None and auto.constraint is not None and auto.constraint.kind == "lark"
     none = plan_chat(
         body(tools=TOOLS, tool_choice="none", response_format={"type": "json_object"}),
         ToolFormat.HERMES,
-        no_special,
     )
     assert none.tools is None and none.template_tools is None and none.constraint is not None
     assert none.constraint.field == "response_format"
-    generic = plan_chat(body(tools=TOOLS, tool_choice="required"), ToolFormat.GENERIC, no_special)
+    generic = plan_chat(body(tools=TOOLS, tool_choice="required"), ToolFormat.GENERIC)
     assert generic.messages[0].role == "system" and "get_weather" in generic.messages[0].content
     assert (
         generic.constraint is not None
@@ -398,7 +408,7 @@ def test_a_special_token_trigger_compiles_to_its_token_id(grammars: tuple[Gramma
         (False, f"<|im_start|>[{CALL}, {CALL}]", True),
     ):
         plan = ToolPlan(ToolFormat.MISTRAL, TOOL_SPECS, required=required)
-        matcher = compiled.compile(constraint(plan, lambda _text: 1))
+        matcher = compiled.compile(constraint(plan, ModelTools(ToolFormat.MISTRAL, {"[TOOL_CALLS]": 1})))
         tokens = model.tokenize(text, add_special=False)
         if accepted:
             assert matcher.consume_tokens(tokens) and matcher.is_accepting(), text

@@ -8,10 +8,10 @@ from litestar import HttpMethod, Response, Router, post, route
 from litestar.response import Stream
 
 from engine import ValidationError
-from server import tgi_adapter as adapt
-from server import tgi_wire as w
 from server.generation import count_request, sse_response, stream, whole
 from server.state import AnyRequest, Services, services
+from server.tgi import adapter as adapt
+from server.tgi import wire as w
 from server.version import VERSION
 
 

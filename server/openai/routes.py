@@ -8,13 +8,14 @@ import time
 from litestar import HttpMethod, Response, Router, post, route
 from litestar.response import Stream
 
-from server import openai_adapter as adapt
-from server import openai_wire as w
+from server.conversation.plan import ChatPlan, plan
+from server.conversation.reply import Reply
 from server.errors import ModelNotFound
 from server.generation import count_request, sse_response, stream, whole
+from server.openai import adapter as adapt
+from server.openai import wire as w
+from server.openai.conversation import conversation
 from server.state import AnyRequest, Services, services
-from server.tool_formats import detect
-from server.tool_request import ChatPlan, plan_chat
 
 
 @post("/chat/completions", status_code=200, responses=sse_response(w.ChatCompletionChunk))
@@ -24,26 +25,19 @@ async def chat_completions(
     """Chat completion; with ``stream: true``, ``chat.completion.chunk`` events over SSE."""
     s, body = services(request), data
     count_request(request, s.metrics)
-    template = s.engine.chat_template
-    plan = plan_chat(body, detect(template.source), lambda text: _special_token(s, text))
+    chat = plan(conversation(body), s.tools)
     # Rendering and tokenizing a long prompt takes a while (~0.4 s for 2 MB): off the event loop, so
     # that running streams go on meanwhile.
-    prompt = await asyncio.to_thread(_chat_prompt, s, plan)
-    handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits, plan))
+    prompt = await asyncio.to_thread(_chat_prompt, s, chat)
+    handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits, chat))
     model = body.model or s.engine.model_id
-    tools = plan.tools.format if plan.tools else None
+    reply = Reply(chat.tools)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        encoder = adapt.ChatStream(model, include_usage=usage, logprobs=body.logprobs, tools=tools)
+        encoder = adapt.ChatStream(model, include_usage=usage, logprobs=body.logprobs, reply=reply)
         return await stream(request, handle, encoder, s.metrics, 400)
     result = await whole(request, handle, s.metrics)
-    return Response(adapt.chat_completion(model, result, body.logprobs, tools))
-
-
-def _special_token(s: Services, text: str) -> int | None:
-    """The id of ``text`` when the vocabulary holds it as one token (Mistral's ``[TOOL_CALLS]``)."""
-    tokens = s.engine.tokenize(text, add_special=False)
-    return tokens[0] if len(tokens) == 1 else None
+    return Response(adapt.chat_completion(model, result, body.logprobs, reply))
 
 
 def _chat_prompt(s: Services, plan: ChatPlan) -> list[int]:

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from engine import Constraint
+from server.conversation.types import Tool
 
 # Separators as the templates render JSON, and no free whitespace (see the module docstring).
 COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -38,12 +39,6 @@ class ToolFormat(enum.Enum):
     HERMES = "hermes"
     LLAMA3 = "llama3"
     MISTRAL = "mistral"
-
-
-class Tool(msgspec.Struct, frozen=True):
-    name: str
-    description: str | None
-    parameters: dict[str, Any]
 
 
 class ToolPlan(msgspec.Struct, frozen=True):
@@ -155,6 +150,50 @@ def generic_system_prompt(plan: ToolPlan) -> str:
     return f"You can call these tools:\n{tools}\n\n{how}"
 
 
+# -- markers ---------------------------------------------------------------------------------------
+
+# What each format writes before (and after) its calls.
+MARKERS: dict[ToolFormat, tuple[str, ...]] = {
+    ToolFormat.HERMES: ("<tool_call>", "</tool_call>"),
+    ToolFormat.LLAMA3: ("<|python_tag|>",),
+    ToolFormat.MISTRAL: ("[TOOL_CALLS]",),
+    ToolFormat.GENERIC: (),
+}
+
+SpecialToken = Callable[[str], int | None]
+
+
+class ModelTools(msgspec.Struct, frozen=True):
+    """How the served model writes tool calls, decided once at start-up from its chat template and
+    its vocabulary: the format, and which of its markers are tokens of their own (Qwen2.5's
+    ``<tool_call>`` is token 151657). A grammar must name such a marker by its id: the same text
+    spelled in ordinary tokens is another output, which the model never writes."""
+
+    format: ToolFormat
+    special: dict[str, int]  # marker text -> its token id
+
+    def marker(self, text: str) -> str:
+        """The marker as a Lark grammar names it: its token, or its text."""
+        token = self.special.get(text)
+        return f"<[{token}]>" if token is not None else json.dumps(text)
+
+    def describe(self) -> str:
+        """For the start-up log, e.g. ``hermes, markers are tokens 151657/151658``."""
+        markers = MARKERS[self.format]
+        if not markers:
+            return f"{self.format.value} (the tools are described in a system message; the answer is JSON)"
+        if all(m in self.special for m in markers):
+            ids = "/".join(str(self.special[m]) for m in markers)
+            return f"{self.format.value}, markers are tokens {ids}"
+        return f"{self.format.value}, markers are text ({' '.join(markers)})"
+
+
+def model_tools(template: str, special_token: SpecialToken) -> ModelTools:
+    fmt = detect(template)
+    special = {m: t for m in MARKERS[fmt] if (t := special_token(m)) is not None}
+    return ModelTools(fmt, special)
+
+
 # -- grammars --------------------------------------------------------------------------------------
 
 
@@ -162,40 +201,76 @@ def _lark_json(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps(schema, ensure_ascii=False)
 
 
-SpecialToken = Callable[[str], int | None]
+def _lark(*rules: str) -> Constraint:
+    return Constraint("lark", "\n".join(rules) + "\n", "tools")
 
 
-def constraint(plan: ToolPlan, special_token: SpecialToken) -> Constraint:
-    """The grammar for ``plan``. ``special_token(text)`` is the id of ``text`` when the model's
-    vocabulary holds it as one special token (Mistral's ``[TOOL_CALLS]``), else None."""
+# Before a bare call: white space, or a Markdown fence (```json), as models write them.
+_LEAD = r"[ \t\r\n]+|[ \t\r\n]*```(json)?[ \t\r\n]*"
+
+
+def constraint(plan: ToolPlan, markers: ModelTools) -> Constraint:
+    """The grammar for ``plan``: ``required`` and named choices constrain from the first token;
+    ``auto`` leaves the answer free until a call begins, then holds the call to its tool's schema."""
     if plan.format is ToolFormat.GENERIC:
         return Constraint("json_schema", json.dumps(generic_schema(plan), ensure_ascii=False), "tools")
     if plan.format is ToolFormat.LLAMA3:
-        call = _lark_json(_one_of_calls(plan, "parameters"))
-        # A plain answer may not start with "{": that is where a call starts (llguidance's own
-        # Llama 3.1 example).
-        start = "start: call" if plan.required else "start: TEXT | call\nTEXT: /[^{](.|\\n)*/"
-        return Constraint("lark", f"{start}\ncall: {call}\n", "tools")
+        return _llama3(plan, markers)
     if plan.format is ToolFormat.HERMES:
-        call = _lark_json(_one_of_calls(plan, "arguments"))
-        more = "" if plan.max_calls == 1 else '("\\n" "<tool_call>" body)*'
-        if plan.required:
-            start = f'start: "<tool_call>" body {more}'
-        else:
-            # Lazy: any text until the first "<tool_call>", then only calls (llguidance's tool-calling
-            # pattern); the answer ends with the last call.
-            start = f'start: TEXT | head body {more}\nTEXT: /(.|\\n)*/\nhead[lazy]: TEXT "<tool_call>"'
-        body = 'body: "\\n" call "\\n</tool_call>"'
-        return Constraint("lark", f"{start}\n{body}\ncall: {call}\n", "tools")
-    # Mistral: the array of calls follows the [TOOL_CALLS] token.
-    array = {**_calls_array(plan, "arguments"), "x-guidance": COMPACT}
-    token = special_token("[TOOL_CALLS]")
-    trigger = f"<[{token}]>" if token is not None else '"[TOOL_CALLS]"'
+        return _hermes(plan, markers)
+    return _mistral(plan, markers)
+
+
+def _llama3(plan: ToolPlan, markers: ModelTools) -> Constraint:
+    call = _lark_json(_one_of_calls(plan, "parameters"))
+    # <|python_tag|> may open a call where it is a token of its own (text cannot produce it).
+    tag = f"{markers.marker('<|python_tag|>')}? " if "<|python_tag|>" in markers.special else ""
     if plan.required:
-        start = "start: calls"
-    elif token is not None:  # a special token: text can never produce it, so no laziness is needed
-        start = "start: TEXT | calls\nTEXT: /(.|\\n)+/"
-    else:
-        start = 'start: TEXT | head " "? array\nTEXT: /(.|\\n)*/\nhead[lazy]: TEXT "[TOOL_CALLS]"'
-        return Constraint("lark", f"{start}\narray: {_lark_json(array)}\n", "tools")
-    return Constraint("lark", f'{start}\ncalls: {trigger} " "? array\narray: {_lark_json(array)}\n', "tools")
+        return _lark(f"start: {tag}call", f"call: {call}")
+    # A plain answer may not start with "{": that is where a call starts (llguidance's own Llama
+    # 3.1 example).
+    return _lark(f"start: TEXT | {tag}call", "TEXT: /[^{](.|\\n)*/", f"call: {call}")
+
+
+def _hermes(plan: ToolPlan, markers: ModelTools) -> Constraint:
+    open_, close = markers.marker("<tool_call>"), markers.marker("</tool_call>")
+    rules = [
+        f'tagged: {open_} "\\n" call "\\n" {close}',
+        "calls: tagged" + ("" if plan.max_calls == 1 else ' ("\\n" tagged)*'),
+        f"call: {_lark_json(_one_of_calls(plan, 'arguments'))}",
+    ]
+    if plan.required:
+        return _lark("start: calls", *rules)
+    # auto: free text, calls after it, or calls as small models write them without the markers: a
+    # bare {"name": ...} object at the start (perhaps fenced). A text answer may not open with the
+    # bare call of a declared tool, so once one has begun, its arguments follow the tool's schema.
+    names = "|".join(re.escape(t.name) for t in plan.callable)
+    opening = f'(?s:({_LEAD})?\\{{"name": "({names})".*)'
+    more = "" if plan.max_calls == 1 else " (SEP call)*"
+    rules += [
+        f"TEXT: /(?s:.*)/ & ~/{opening}/",
+        f"LEAD: /{_LEAD}/",
+        r"SEP: /[ \t\r\n]+|[ \t\r\n]*,[ \t\r\n]*/",
+        r"FENCE_END: /[ \t\r\n]*```/",
+        f"bare: LEAD? call{more} FENCE_END?",
+    ]
+    if "<tool_call>" in markers.special:  # text cannot produce the token: no laziness needed
+        return _lark("start: TEXT | TEXT? calls | bare", *rules)
+    # The marker is text: any text until the first "<tool_call>", then only calls (llguidance's
+    # tool-calling pattern).
+    head = 'head[lazy]: TEXT "<tool_call>"'
+    after = 'after: "\\n" call "\\n" ' + close + ("" if plan.max_calls == 1 else ' ("\\n" tagged)*')
+    return _lark("start: TEXT | head after | bare", head, after, *rules)
+
+
+def _mistral(plan: ToolPlan, markers: ModelTools) -> Constraint:
+    """The array of calls follows the [TOOL_CALLS] marker."""
+    array = f"array: {_lark_json({**_calls_array(plan, 'arguments'), 'x-guidance': COMPACT})}"
+    trigger = markers.marker("[TOOL_CALLS]")
+    calls = f'calls: {trigger} " "? array'
+    if plan.required:
+        return _lark("start: calls", calls, array)
+    if "[TOOL_CALLS]" in markers.special:  # text can never produce the token: no laziness needed
+        return _lark("start: TEXT | calls", "TEXT: /(.|\\n)+/", calls, array)
+    head = 'head[lazy]: TEXT "[TOOL_CALLS]"'
+    return _lark('start: TEXT | head " "? array', "TEXT: /(.|\\n)*/", head, array)

@@ -17,13 +17,13 @@ from engine import (
     refuse_surely_too_long,
     resolve_max_tokens,
 )
-from server import tgi_wire as w
+from server.conversation.tool_formats import COMPACT
 from server.errors import Problem, tgi_body
-from server.openai_adapter import Tokenize
 from server.sse import frame
 from server.state import Limits
-from server.tool_formats import COMPACT
+from server.tgi import wire as w
 
+Tokenize = Callable[[str], list[int]]
 TokenizeTail = Callable[[str, int], list[int]]  # (text, n): the last n tokens of the text
 
 MAX_TOP_N_TOKENS = 5

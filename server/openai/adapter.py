@@ -22,13 +22,13 @@ from engine import (
     refuse_surely_too_long,
     resolve_max_tokens,
 )
-from server import openai_wire as w
+from server.conversation.plan import ChatPlan
+from server.conversation.reply import Reply, whole
+from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, StopReason, Text
 from server.errors import Problem, openai_body
+from server.openai import wire as w
 from server.sse import DONE, frame
 from server.state import Limits
-from server.tool_formats import ToolFormat
-from server.tool_parser import CallArguments, CallStart, Content, Delta, ToolCallParser
-from server.tool_request import ChatPlan
 
 Tokenize = Callable[[str], list[int]]
 
@@ -206,25 +206,27 @@ def _tool_delta(delta: CallStart | CallArguments) -> w.ToolCallDelta:
     return w.ToolCallDelta(delta.index, w.FunctionDelta(delta.text))
 
 
-def _chat_finish_reason(reason: FinishReason, parser: ToolCallParser | None) -> str:
-    if parser is not None and parser.called and reason is not FinishReason.LENGTH:
-        return "tool_calls"
-    return finish_reason(reason)
+_CHAT_FINISH: dict[StopReason, str] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+}
 
 
 class ChatStream(_Stream[w.ChunkChoice]):
     """Turns engine events into ``chat.completion.chunk`` SSE frames (a small state machine). With
-    ``tools`` set, the text goes through a :class:`ToolCallParser` first: content and each tool-call
-    delta go out in chunks of their own."""
+    tools, the text goes through the conversation layer's :class:`Reply` first: content and each
+    tool-call delta go out in chunks of their own."""
 
-    __slots__ = ("_parser", "_role_sent")
+    __slots__ = ("_reply", "_role_sent")
 
     def __init__(
-        self, model: str, *, include_usage: bool, logprobs: bool, tools: ToolFormat | None = None
+        self, model: str, *, include_usage: bool, logprobs: bool, reply: Reply | None = None
     ) -> None:
         super().__init__("chatcmpl", model, include_usage=include_usage, logprobs=logprobs)
         self._role_sent = False
-        self._parser = ToolCallParser(tools) if tools is not None else None
+        self._reply = reply or Reply(None)
 
     def _chunk(self, choices: list[w.ChunkChoice], usage: w.UsageOut | None) -> bytes:
         return frame(w.ChatCompletionChunk(self._id, self._created, self._model, choices, usage=usage))
@@ -237,8 +239,8 @@ class ChatStream(_Stream[w.ChunkChoice]):
     def token(self, event: TokenEvent) -> bytes | None:
         """The frames for one token, or None when it shows nothing new."""
         logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
-        if self._parser is not None:
-            return self._parsed(self._parser.push(event.text), logprobs)
+        if self._reply.parsing:
+            return self._parsed(self._reply.push(event.text), logprobs)
         if self._role_sent and not event.text and not self._logprobs:
             return None
         return self._delta(w.Delta(content=event.text), logprobs)
@@ -246,8 +248,10 @@ class ChatStream(_Stream[w.ChunkChoice]):
     def _parsed(self, deltas: list[Delta], logprobs: w.ChoiceLogprobs | None) -> bytes | None:
         frames = []
         for d in deltas:
-            if isinstance(d, Content):
+            if isinstance(d, Text):
                 frames.append(self._delta(w.Delta(content=d.text), logprobs))
+            elif isinstance(d, CallEnd):  # OpenAI's chunks have no end of a call
+                continue
             else:
                 frames.append(self._delta(w.Delta(tool_calls=[_tool_delta(d)]), logprobs))
             logprobs = None  # a token's logprobs go out once, with its first frame
@@ -258,33 +262,25 @@ class ChatStream(_Stream[w.ChunkChoice]):
     def finish(self, event: FinishEvent) -> bytes:
         last = self.token(event.token)
         frames = [last] if last is not None else []
-        if self._parser is not None:
-            tail = self._parsed(self._parser.finish(), None)
-            if tail is not None:
-                frames.append(tail)
-        reason = _chat_finish_reason(event.reason, self._parser)
+        tail = self._parsed(self._reply.finish(), None)
+        if tail is not None:
+            frames.append(tail)
+        reason = _CHAT_FINISH[self._reply.stop_reason(event.reason)]
         frames.append(self._chunk([w.ChunkChoice(0, w.Delta(), None, reason)], None))
         return self._close(event, frames)
 
 
 def chat_completion(
-    model: str, result: Completion, logprobs: bool, tools: ToolFormat | None = None
+    model: str, result: Completion, logprobs: bool, reply: Reply | None = None
 ) -> w.ChatCompletion:
     choice_logprobs = w.ChoiceLogprobs([_token_logprob(t) for t in result.tokens]) if logprobs else None
-    message = w.AssistantMessage(result.text)
-    parser = None
-    if tools is not None:
-        parser = ToolCallParser(tools)
-        deltas = parser.push(result.text) + parser.finish()
-        content = "".join(d.text for d in deltas if isinstance(d, Content))
-        message = w.AssistantMessage(content)
-        if parser.called:
-            message.content = content if content.strip() else None
-            message.tool_calls = [
-                w.ToolCallOut(call_id, w.FunctionCallOut(name, "".join(fragments)))
-                for call_id, name, fragments in parser.calls
-            ]
-    reason = _chat_finish_reason(result.finish.reason, parser)
+    reply = reply or Reply(None)
+    content, calls = whole(reply, result.text)
+    message = w.AssistantMessage(content)
+    if calls:
+        message.content = content if content.strip() else None
+        message.tool_calls = [w.ToolCallOut(c.id, w.FunctionCallOut(c.name, c.arguments)) for c in calls]
+    reason = _CHAT_FINISH[reply.stop_reason(result.finish.reason)]
     choice = w.ChatChoice(0, message, reason, choice_logprobs)
     return w.ChatCompletion(new_id("chatcmpl"), int(time.time()), model, [choice], usage(result.finish))
 

@@ -1,0 +1,1 @@
+"""Hugging Face text-generation-inference's protocol."""
