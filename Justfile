@@ -16,6 +16,7 @@ serve *flags: setup
 # Lint, type-check and run the whole test suite against the real model and a real server
 test *pytest_args: setup browser nginx
     {{ bin }}/tokenspout models pull
+    {{ bin }}/tokenspout models pull qwen2.5-coder-0.5b
     {{ bin }}/ruff check .
     {{ bin }}/ruff format --check .
     {{ bin }}/mypy

@@ -16,13 +16,14 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bench import constrained, conversation, overload, stall
 from bench.bare import PROMPT
 from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
 from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
-from models import ensure_model
+from models import QWEN_CODER, ensure_model
 
 SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload")
 
@@ -90,21 +91,24 @@ def decode(model: str, threads: int, rounds: int, n_tokens: int) -> None:
 
 
 def constraint(model: str, threads: int, rounds: int, n_tokens: int) -> None:
-    ratios = []
-    with running_server(model, ["--threads", str(threads)]) as url:
-        for round_ in range(1, rounds + 1):
-            with_schema, without = constrained.decode_rates(url, n_tokens)
-            ratios.append(with_schema / without)
-            print(
-                f"round {round_}: json_schema {with_schema:6.1f} tok/s vs free {without:6.1f}"
-                f" ({ratios[-1]:.3f})"
-            )
-    mask_us, check_us, n = constrained.mask_cost(model, threads, n_tokens)
-    print(f"constrained / free decode: {statistics.median(ratios):.3f} (goal >= 0.95)")
-    print(
-        f"grammar per token ({n} tokens replayed): check {check_us:.1f} µs;"
-        f" full mask, when needed, {mask_us:.1f} µs\n"
-    )
+    # On the model under test and on a real tool-calling model (a bigger vocabulary: 151,936 tokens).
+    for path in dict.fromkeys((model, str(ensure_model(QWEN_CODER)))):
+        ratios = []
+        print(f"model: {Path(path).name}")
+        with running_server(path, ["--threads", str(threads)]) as url:
+            for round_ in range(1, rounds + 1):
+                with_schema, without = constrained.decode_rates(url, n_tokens)
+                ratios.append(with_schema / without)
+                print(
+                    f"round {round_}: json_schema {with_schema:6.1f} tok/s vs free {without:6.1f}"
+                    f" ({ratios[-1]:.3f})"
+                )
+        mask_us, check_us, n = constrained.mask_cost(path, threads, n_tokens)
+        print(f"constrained / free decode: {statistics.median(ratios):.3f} (goal >= 0.95)")
+        print(
+            f"grammar per token ({n} tokens replayed): check {check_us:.1f} µs;"
+            f" full mask, when needed, {mask_us:.1f} µs\n"
+        )
 
 
 def prefill(model: str, threads: int, rounds: int) -> None:

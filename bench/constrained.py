@@ -76,9 +76,8 @@ def mask_cost(model: str, threads: int, n_tokens: int) -> tuple[float, float, in
     engine = Engine(EngineConfig(model_path=model, n_threads=threads))
     try:
         tokens = asyncio.run(generate(engine))
-        guide = Guide(
-            engine.grammars.compile(Constraint("json_schema", json.dumps(PEOPLE))), engine.model.n_vocab
-        )
+        matcher = engine.grammars.compile(Constraint("json_schema", json.dumps(PEOPLE)))
+        guide = Guide(matcher, engine.model.n_vocab, engine.tokenize)
         logits = np.zeros(engine.model.n_vocab, dtype=np.float32)
         mask_seconds = check_seconds = 0.0
         for token in tokens:

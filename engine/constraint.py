@@ -15,7 +15,9 @@ End-of-generation tokens are allowed only where the grammar is complete.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import llama_cpp as C
@@ -31,6 +33,11 @@ from engine.types import Constraint
 
 if TYPE_CHECKING:  # a TypedDict declared only in llguidance's stubs
     from llguidance._lib import JsonCompileOptions
+
+log = logging.getLogger("tokenspout.constraint")
+
+# Draws before a refused token's grammar gives up on the mask (each bans the token it refused).
+_MAX_REDRAWS = 4
 
 # JSON written as `{"a": 1, "b": [2, 3]}`, with no other whitespace. llguidance's default lets any
 # amount of whitespace in between, and a small model sampled at temperature 1 can spend its whole budget
@@ -63,7 +70,7 @@ class Grammars:
         if len(tokens) != 1:
             return None
         token = tokens[0]
-        attr = C.llama_token_get_attr(self._model.vocab, token)
+        attr = C.llama_vocab_get_attr(self._model.vocab, token)
         if attr & C.LLAMA_TOKEN_ATTR_CONTROL:
             return token
         user_defined = attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -105,11 +112,19 @@ def _grammar(constraint: Constraint) -> str:
 class Guide:
     """One sequence's position in its grammar. Lives on the scheduler thread."""
 
-    __slots__ = ("_bitmask", "_n_vocab", "matcher")
+    __slots__ = ("_bitmask", "_n_vocab", "_spell", "field", "matcher")
 
-    def __init__(self, matcher: llguidance.LLMatcher, n_vocab: int) -> None:
+    def __init__(
+        self,
+        matcher: llguidance.LLMatcher,
+        n_vocab: int,
+        spell: Callable[[str], list[int]],
+        field: str | None = None,
+    ) -> None:
         self.matcher = matcher
         self._n_vocab = n_vocab
+        self._spell = spell  # text -> ordinary tokens (no special ones)
+        self.field = field  # the request field the grammar came from, for errors
         self._bitmask = llguidance.numpy.allocate_token_bitmask(1, n_vocab)
 
     def allows(self, token: int) -> bool:
@@ -120,6 +135,40 @@ class Guide:
         llguidance.numpy.fill_next_token_bitmask(self.matcher, self._bitmask)
         bits = np.unpackbits(self._bitmask.view(np.uint8), count=self._n_vocab, bitorder="little")
         np.copyto(logits, np.float32(-np.inf), where=~bits.view(np.bool_))
+
+    def resample(self, logits: npt.NDArray[np.float32], sample: Callable[[], int]) -> int:
+        """A token the grammar takes, once the sampled one was refused: the logits are masked and
+        ``sample`` draws again. llguidance's mask can still offer a token its matcher then refuses: a
+        special token whose text is exactly the bytes the grammar forces (Qwen2.5's ``<tool_call>``,
+        151657, where a grammar spells the marker as text). Such a token is banned and the draw
+        repeated; where nothing is left, the forced text is spelled with ordinary tokens, which the
+        grammar takes. Only a grammar that takes no token at all fails the request."""
+        self.restrict(logits)
+        refused = -1
+        for _ in range(_MAX_REDRAWS):
+            token = sample()
+            if self.allows(token):
+                return token
+            refused = token
+            logits[refused] = -np.inf
+            if not np.isfinite(logits).any():
+                break
+        forced = self.matcher.compute_ff_bytes().decode("utf-8", "ignore")
+        spelled = self._spell(forced[:1]) if forced else []
+        if spelled and self.allows(spelled[0]):
+            return spelled[0]
+        where = self.field or "the grammar"
+        log.error(
+            "constraint %s: no token can continue it; refused token %d, forced text %r, matcher: %s",
+            where,
+            refused,
+            forced,
+            self.matcher.get_error() or "no error",
+        )
+        raise GenerationError(
+            f"the output constraint `{where}` cannot go on: the grammar takes no token this model can write "
+            f"here (the model's token {refused} was refused)"
+        )
 
     def accept(self, token: int) -> None:
         """Advance past ``token``. Only a broken grammar state can refuse a token sampled under its

@@ -209,11 +209,16 @@ class Engine:
             raise ValidationError("the prompt and max_tokens do not fit a slot's context", "max_tokens")
         guide = None
         if request.constraint is not None:
-            guide = Guide(self.grammars.compile(request.constraint), self.model.n_vocab)
+            matcher = self.grammars.compile(request.constraint)
+            guide = Guide(matcher, self.model.n_vocab, self._spell, request.constraint.field)
         handle = RequestHandle(next(self._ids), self._cancel, self._ended)
         self._admitted += 1
         self._scheduler.commands.put(Submit(Sequence(request, handle, guide)))
         return handle
+
+    def _spell(self, text: str) -> list[int]:
+        """``text`` in ordinary tokens: special tokens' texts are not read as those tokens."""
+        return self.model.tokenize(text, add_special=False, parse_special=False)
 
     def _cancel(self, handle: RequestHandle) -> None:
         self._scheduler.commands.put(Cancel(handle))

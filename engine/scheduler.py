@@ -362,8 +362,7 @@ class Scheduler:
         token = sampler.sample(ctx, row, logits)
         if guide is not None:
             if not guide.allows(token):
-                guide.restrict(logits)
-                token = sampler.sample(ctx, row, logits)
+                token = guide.resample(logits, lambda: sampler.sample(ctx, row, logits))
             guide.accept(token)
         if everything is None:
             return token, None, None

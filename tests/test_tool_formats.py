@@ -265,6 +265,28 @@ def test_the_parser_gives_the_same_content_and_calls_however_the_text_is_cut(
         )
 
 
+SHAPES = [  # what real models write in `auto`, beside their trained markers: (text, content, calls)
+    (f'{{"name": "f", "arguments": {ARGS}}}', "", [("f", ARGS)]),
+    (f'```json\n{{\n  "name": "f",\n  "arguments": {ARGS}\n}}\n```', "", [("f", ARGS)]),
+    ('{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"a": 1}}', "", [("f", "{}"), ("g", '{"a": 1}')]),
+    (f'{{"name": "f", "parameters": {ARGS}}}', "", [("f", ARGS)]),
+    ('{"name": "f", "arguments": "{\\"city\\": \\"Paris\\"}"}', "", [("f", '{"city": "Paris"}')]),
+    ('<tool_call>\n{"name": "f", "arguments": {"x": 1}}', "", [("f", '{"x": 1}')]),  # never closed
+    ('{"name": "zzz", "arguments": {}}', '{"name": "zzz", "arguments": {}}', []),  # not a declared tool
+    ('{"city": "Paris"}', '{"city": "Paris"}', []),  # merely JSON
+    ('```python\nprint("hi")\n```', '```python\nprint("hi")\n```', []),
+]
+
+
+@pytest.mark.parametrize(("text", "content", "calls"), SHAPES)
+def test_the_shapes_real_models_write_become_calls_of_declared_tools_only(
+    text: str, content: str, calls: list[tuple[str, str]]
+) -> None:
+    results = {json.dumps(summary(parse(ToolFormat.HERMES, pieces)[0])) for pieces in splits(text)}
+    assert len(results) == 1, results
+    assert json.loads(results.pop()) == [content, [list(c) for c in calls]]
+
+
 def test_arguments_stream_as_they_are_generated_not_at_the_end() -> None:
     parser = ToolCallParser(ToolFormat.HERMES, frozenset({"get_weather"}))
     assert parser.push("<tool_call>\n") == []

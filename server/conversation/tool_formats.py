@@ -87,10 +87,10 @@ def _call_schema(tool: Tool, args_key: str) -> dict[str, Any]:
     }
 
 
-def _one_of_calls(plan: ToolPlan, args_key: str) -> dict[str, Any]:
+def _one_of_calls(plan: ToolPlan, args_key: str, layout: dict[str, Any] = COMPACT) -> dict[str, Any]:
     calls = [_call_schema(t, args_key) for t in plan.callable]
     schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    return {**schema, "x-guidance": COMPACT}
+    return {**schema, "x-guidance": layout}
 
 
 def _calls_array(plan: ToolPlan, args_key: str) -> dict[str, Any]:
@@ -205,8 +205,11 @@ def _lark(*rules: str) -> Constraint:
     return Constraint("lark", "\n".join(rules) + "\n", "tools")
 
 
+# JSON's white space, as llguidance's flexible layout allows it.
+_WS = r"[ \t\r\n]*"
 # Before a bare call: white space, or a Markdown fence (```json), as models write them.
 _LEAD = r"[ \t\r\n]+|[ \t\r\n]*```(json)?[ \t\r\n]*"
+FREE_LAYOUT: dict[str, Any] = {"whitespace_flexible": True}
 
 
 def constraint(plan: ToolPlan, markers: ModelTools) -> Constraint:
@@ -234,33 +237,57 @@ def _llama3(plan: ToolPlan, markers: ModelTools) -> Constraint:
 
 def _hermes(plan: ToolPlan, markers: ModelTools) -> Constraint:
     open_, close = markers.marker("<tool_call>"), markers.marker("</tool_call>")
+    more = "" if plan.max_calls == 1 else ' ("\\n" tagged)*'
     rules = [
         f'tagged: {open_} "\\n" call "\\n" {close}',
-        "calls: tagged" + ("" if plan.max_calls == 1 else ' ("\\n" tagged)*'),
+        # Qwen2.5 writes a newline after its last </tool_call>, then ends its turn.
+        f'calls: tagged{more} "\\n"?',
         f"call: {_lark_json(_one_of_calls(plan, 'arguments'))}",
     ]
     if plan.required:
         return _lark("start: calls", *rules)
     # auto: free text, calls after it, or calls as small models write them without the markers: a
-    # bare {"name": ...} object at the start (perhaps fenced). A text answer may not open with the
-    # bare call of a declared tool, so once one has begun, its arguments follow the tool's schema.
-    names = "|".join(re.escape(t.name) for t in plan.callable)
-    opening = f'(?s:({_LEAD})?\\{{"name": "({names})".*)'
-    more = "" if plan.max_calls == 1 else " (SEP call)*"
-    rules += [
-        f"TEXT: /(?s:.*)/ & ~/{opening}/",
-        f"LEAD: /{_LEAD}/",
-        r"SEP: /[ \t\r\n]+|[ \t\r\n]*,[ \t\r\n]*/",
-        r"FENCE_END: /[ \t\r\n]*```/",
-        f"bare: LEAD? call{more} FENCE_END?",
-    ]
+    # bare {"name": ...} object at the start of the answer (often in a ```json fence, often laid out
+    # over several lines). A text answer may not open with the bare call of a declared tool: once one
+    # has begun, its arguments follow the tool's schema.
+    rules += [f"TEXT: /(?s:.*)/ & ~/(?s:({_LEAD})?{_opening(plan)}.*)/", *_bare_calls(plan)]
     if "<tool_call>" in markers.special:  # text cannot produce the token: no laziness needed
         return _lark("start: TEXT | TEXT? calls | bare", *rules)
     # The marker is text: any text until the first "<tool_call>", then only calls (llguidance's
     # tool-calling pattern).
     head = 'head[lazy]: TEXT "<tool_call>"'
-    after = 'after: "\\n" call "\\n" ' + close + ("" if plan.max_calls == 1 else ' ("\\n" tagged)*')
+    after = f'after: "\\n" call "\\n" {close}{more} "\\n"?'
     return _lark("start: TEXT | head after | bare", head, after, *rules)
+
+
+def _opening(plan: ToolPlan, name: str | None = None) -> str:
+    """A regex for the opening of a bare call, up to its name: of ``name``, or of any callable tool."""
+    names = re.escape(name) if name else "|".join(re.escape(t.name) for t in plan.callable)
+    return f'\\{{{_WS}"name"{_WS}:{_WS}"({names})"'
+
+
+def _bare_calls(plan: ToolPlan) -> list[str]:
+    """Rules for ``bare``: one call or more, each ``{"name": ..., "arguments": {...}}``, the first one
+    perhaps after white space or a fence. llguidance's lexer decides between lexemes that start
+    together only where one of them ends, so each opening, up to the tool's name, is one lexeme
+    beside TEXT (which excludes exactly these openings), never the JSON's own ``{``."""
+    rules = [
+        f'ARGS: /{_WS},{_WS}"(arguments|parameters)"{_WS}:{_WS}/',
+        f"END: /{_WS}\\}}/",
+        f"SEP: /[ \\t\\r\\n]+|{_WS},{_WS}/",
+        f"FENCE_END: /{_WS}```/",
+        "WS: /[ \\t\\r\\n]+/",
+    ]
+    first, then = [], []
+    for i, tool in enumerate(plan.callable):
+        rules.append(f"FIRST{i}: /({_LEAD})?{_opening(plan, tool.name)}/")
+        rules.append(f"NEXT{i}: /{_opening(plan, tool.name)}/")
+        rules.append(f"args{i}: {_lark_json({**tool.parameters, 'x-guidance': FREE_LAYOUT})}")
+        first.append(f"FIRST{i} ARGS args{i} END")
+        then.append(f"NEXT{i} ARGS args{i} END")
+    rules += [f"first: {' | '.join(first)}", f"next: {' | '.join(then)}"]
+    more = "" if plan.max_calls == 1 else " (SEP next)*"
+    return [*rules, f"bare: first{more} FENCE_END? WS?"]
 
 
 def _mistral(plan: ToolPlan, markers: ModelTools) -> Constraint:
