@@ -268,7 +268,11 @@ def test_the_parser_gives_the_same_content_and_calls_however_the_text_is_cut(
 SHAPES = [  # what real models write in `auto`, beside their trained markers: (text, content, calls)
     (f'{{"name": "f", "arguments": {ARGS}}}', "", [("f", ARGS)]),
     (f'```json\n{{\n  "name": "f",\n  "arguments": {ARGS}\n}}\n```', "", [("f", ARGS)]),
-    ('{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"a": 1}}', "", [("f", "{}"), ("g", '{"a": 1}')]),
+    (
+        '{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"a": 1}}',
+        "",
+        [("f", "{}"), ("g", '{"a": 1}')],
+    ),
     (f'{{"name": "f", "parameters": {ARGS}}}', "", [("f", ARGS)]),
     ('{"name": "f", "arguments": "{\\"city\\": \\"Paris\\"}"}', "", [("f", '{"city": "Paris"}')]),
     ('<tool_call>\n{"name": "f", "arguments": {"x": 1}}', "", [("f", '{"x": 1}')]),  # never closed
