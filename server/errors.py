@@ -74,8 +74,13 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         details = exc.extra[0] if isinstance(exc.extra, list) and exc.extra else {}
         key = details.get("key") if isinstance(details, dict) else None
         message = str(details.get("message", exc.detail) if isinstance(details, dict) else exc.detail)
+        # msgspec names the object a required field is missing from (`tools[0].function`), not the
+        # field: the whole path is that object's path and the field's name.
         missing = _MISSING_FIELD.search(message)
-        param = missing.group(1) if missing else None if key in (None, "data") else str(key)
+        where = None if key in (None, "data") else str(key)
+        param = where
+        if missing:
+            param = f"{where}.{missing.group(1)}" if where else missing.group(1)
         if param is not None:  # msgspec writes a mapping's values as `field[...]`: name the field
             param = param.removesuffix("[...]")
         return Problem(400, f"{message} at `{param}`" if param else str(message), "validation", param)
