@@ -30,11 +30,19 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
 
 
-class ModelNotFound(Exception):
+class NotFound(Exception):
+    """A thing a route names by id does not exist (a kept response, a model card)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(NotFound):
     """``GET /v1/models/{id}`` for an id this server does not serve."""
 
     def __init__(self, asked: str, served: str) -> None:
-        super().__init__(f"The model `{asked}` does not exist; this server serves `{served}`")
+        super().__init__(f"The model `{asked}` does not exist; this server serves `{served}`", "model")
 
 
 class FirstTokenTimeout(Exception):
@@ -64,8 +72,8 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         return Problem(503, str(exc), "unavailable")
     if isinstance(exc, GenerationError):
         return Problem(500, str(exc), "generation")
-    if isinstance(exc, ModelNotFound):
-        return Problem(404, str(exc), "not_found", "model")
+    if isinstance(exc, NotFound):
+        return Problem(404, str(exc), "not_found", exc.param)
     if isinstance(exc, FirstTokenTimeout):  # 503: not the admission limit, but as overloaded for clients
         return Problem(503, str(exc), "overloaded")
     if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
