@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 
 from engine import Engine
+from server.anthropic.routes import anthropic_router
 from server.auth import require_api_key
 from server.errors import exception_handler
 from server.metrics import CONTENT_TYPE
@@ -67,7 +68,15 @@ def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
         CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None
     )
     return Litestar(
-        route_handlers=[openai_router, responses_router, tgi_router, health, metrics, demo_page],
+        route_handlers=[
+            openai_router,
+            responses_router,
+            anthropic_router,
+            tgi_router,
+            health,
+            metrics,
+            demo_page,
+        ],
         state=State(
             {
                 "services": Services(engine, settings),
