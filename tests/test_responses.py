@@ -15,7 +15,7 @@ import pydantic
 import pytest
 from httpx_sse import connect_sse
 
-WEATHER = {
+WEATHER: Any = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city",
@@ -26,7 +26,7 @@ WEATHER = {
         "additionalProperties": False,
     },
 }
-TIME = {
+TIME: Any = {
     "type": "function",
     "name": "get_time",
     "description": "The time in a timezone",
@@ -120,7 +120,7 @@ def test_parse_with_a_text_format(base_url: str) -> None:
         model="m", input="Name a city in France.", text_format=City, max_output_tokens=60, temperature=0
     )
     assert isinstance(r.output_parsed, City)
-    assert r.text.format.type == "json_schema"
+    assert r.text is not None and r.text.format is not None and r.text.format.type == "json_schema"
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "get_time"}])
@@ -132,7 +132,7 @@ def test_required_and_named_tool_calls(base_url: str, choice: Any) -> None:
     calls = [o for o in r.output if o.type == "function_call"]
     assert r.status == "completed" and len(calls) == 1
     call = calls[0]
-    assert call.id.startswith("fc_") and call.call_id and call.status == "completed"
+    assert call.id is not None and call.id.startswith("fc_") and call.call_id and call.status == "completed"
     if isinstance(choice, dict):
         assert call.name == "get_time"
     assert isinstance(json.loads(call.arguments), dict)
