@@ -173,6 +173,7 @@ def generation_request(
         max_tokens=min(body.max_tokens, room),
         sampling=sampling(body),
         stop=stop_strings(body.stop_sequences, limits, "stop_sequences"),
+        ignore_eos=body.ignore_eos,
         constraint=plan.constraint,
         special_text=plan.special_text,
     )

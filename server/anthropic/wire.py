@@ -79,21 +79,21 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_k: Annotated[int, Meta(ge=0)] | None = None
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
+    ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
 
 
 # -- the answer ----------------------------------------------------------------------------------
 
 
-class TextOut(Struct):
+# Content blocks are tagged by ``type`` (msgspec writes the tag first): the OpenAPI schema needs it.
+class TextOut(Struct, tag_field="type", tag="text"):
     text: str
-    type: str = "text"
 
 
-class ToolUseOut(Struct):
+class ToolUseOut(Struct, tag_field="type", tag="tool_use"):
     id: str
     name: str
     input: Any
-    type: str = "tool_use"
 
 
 ContentOut = TextOut | ToolUseOut

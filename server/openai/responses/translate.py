@@ -204,6 +204,7 @@ def generation_request(
         prompt_tokens=tuple(prompt),
         max_tokens=budget(len(prompt), body.max_output_tokens, limits, "input", "max_output_tokens"),
         sampling=sampling(body),
+        ignore_eos=body.ignore_eos,
         constraint=plan.constraint,
         special_text=plan.special_text,
     )

@@ -101,6 +101,7 @@ class ResponsesRequest(Struct, kw_only=True):
     frequency_penalty: Penalty = 0.0
     repeat_penalty: Annotated[float, Meta(gt=0.0)] = 1.0
     seed: int | None = None
+    ignore_eos: bool = False  # generate max_output_tokens whatever the model says (benchmarks)
 
 
 # -- the response object -------------------------------------------------------------------------
@@ -113,21 +114,20 @@ class OutputText(Struct):
     logprobs: list[Any] = []
 
 
-class MessageItem(Struct):
+# Output items are tagged by ``type`` (msgspec writes the tag first): the OpenAPI schema needs it.
+class MessageItem(Struct, tag_field="type", tag="message"):
     id: str
     content: list[OutputText]
     status: str = "completed"
-    type: str = "message"
     role: str = "assistant"
 
 
-class FunctionCallItem(Struct):
+class FunctionCallItem(Struct, tag_field="type", tag="function_call"):
     id: str
     call_id: str
     name: str
     arguments: str
     status: str = "completed"
-    type: str = "function_call"
 
 
 OutputItem = MessageItem | FunctionCallItem
