@@ -269,12 +269,13 @@ def test_messages_blocks_become_turns() -> None:
                     {"type": "tool_result", "tool_use_id": "toolu_1", "content": "x", "is_error": True}
                 ],
             },
+            {"role": "system", "content": [{"type": "text", "text": "Be careful."}]},
         ],
         tools=[{"name": "f", "input_schema": {"type": "object"}}],
         tool_choice={"type": "any", "disable_parallel_tool_use": True},
     )
     conv = anthropic.conversation(body)
-    assert [t.role for t in conv.turns] == ["system", "user", "assistant", "tool", "user", "tool"]
+    assert [t.role for t in conv.turns] == ["system", "user", "assistant", "tool", "user", "tool", "system"]
     assert conv.turns[0].text == "A\n\nB"
     assert conv.turns[2].text == "Let me look." and conv.turns[2].tool_calls[0].arguments == {"a": 1}
     assert conv.turns[3].tool_call_id == "toolu_1" and conv.turns[5].text == "Error: x"
@@ -296,7 +297,7 @@ def test_messages_blocks_become_turns() -> None:
         ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools[0].type"),
         ({"tools": [{"name": "f"}]}, "tools[0].input_schema"),
         ({"tool_choice": {"type": "tool"}}, "tool_choice.name"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ],
 )
 def test_messages_refusals_name_the_field(fields: dict[str, Any], param: str) -> None:

@@ -61,9 +61,11 @@ def turns(body: w.CountTokensRequest) -> list[Turn]:
     if system:
         out.append(Turn("system", system))
     for i, m in enumerate(body.messages):
-        if m.role not in ("user", "assistant"):
+        # The API (and Claude Code with it) also takes system messages between the turns.
+        if m.role not in ("user", "assistant", "system"):
             raise _refuse(
-                f"`messages[{i}].role` is {m.role!r}: use 'user' or 'assistant'", f"messages[{i}].role"
+                f"`messages[{i}].role` is {m.role!r}: use 'user', 'assistant' or 'system'",
+                f"messages[{i}].role",
             )
         if isinstance(m.content, str):
             out.append(Turn(m.role, m.content))  # type: ignore[arg-type]  # checked just above
