@@ -368,3 +368,17 @@ def test_messages_whole_answer_and_error_shape() -> None:
             "type": "error",
             "error": {"type": name, "message": "m"},
         }
+
+
+def test_a_vacuous_property_names_keyword_is_dropped_and_nothing_else() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "metadata": {"type": "object", "propertyNames": {"type": "string"}},
+            "tags": {"type": "object", "propertyNames": {"pattern": "^[a-z]+$"}},
+        },
+    }
+    body = messages_body(tools=[{"name": "f", "input_schema": schema}])
+    (tool,) = anthropic.conversation(body).tools
+    assert tool.parameters["properties"]["metadata"] == {"type": "object"}
+    assert tool.parameters["properties"]["tags"] == schema["properties"]["tags"]  # type: ignore[index]

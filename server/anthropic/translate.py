@@ -11,6 +11,7 @@ from engine.chat import ToolCall
 from server.anthropic import wire as w
 from server.conversation.plan import ChatPlan
 from server.conversation.prompt import seed, stop_strings
+from server.conversation.schema import without_vacuous
 from server.conversation.types import Conversation, Fields, OutputFormat, Tool, ToolChoice, Turn
 from server.state import Limits
 
@@ -107,7 +108,7 @@ def tools(body: w.CountTokensRequest) -> tuple[Tool, ...]:
             raise _refuse(f"`tools[{i}].name` must not be empty", f"tools[{i}].name")
         if t.input_schema is None:
             raise _refuse(f"`tools[{i}].input_schema` is required", f"tools[{i}].input_schema")
-        out.append(Tool(t.name, t.description, dict(t.input_schema) or NO_PARAMETERS))
+        out.append(Tool(t.name, t.description, without_vacuous(t.input_schema) or NO_PARAMETERS))
     return tuple(out)
 
 

@@ -10,6 +10,7 @@ from engine import GenerationRequest, SamplingParams, ValidationError
 from engine.chat import ToolCall
 from server.conversation.plan import ChatPlan
 from server.conversation.prompt import budget, seed
+from server.conversation.schema import without_vacuous
 from server.conversation.types import Conversation, Fields, OutputFormat, Tool, ToolChoice, Turn
 from server.openai.responses import wire as w
 from server.state import Limits
@@ -129,7 +130,11 @@ def tools(body: w.ResponsesRequest) -> tuple[Tool, ...]:
         if not tool.name:
             raise _refuse(f"`tools[{i}].name` must not be empty", f"tools[{i}].name")
         out.append(
-            Tool(tool.name, tool.description, dict(tool.parameters) if tool.parameters else NO_PARAMETERS)
+            Tool(
+                tool.name,
+                tool.description,
+                without_vacuous(tool.parameters) if tool.parameters else NO_PARAMETERS,
+            )
         )
     return tuple(out)
 
