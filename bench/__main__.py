@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import constrained, conversation, overload, stall
+from bench import constrained, conversation, overload, protocols, stall
 from bench.bare import PROMPT
 from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
 from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
 from models import QWEN_CODER, ensure_model
 
-SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload")
+SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload", "protocols")
 
 
 def bare(model: str, threads: int, *args: str) -> dict[str, float]:
@@ -156,6 +156,11 @@ def backpressure(model: str, threads: int) -> None:
         stall.report(url)
 
 
+def agent_protocols(model: str, threads: int, rounds: int, n_tokens: int) -> None:
+    with running_server(model, ["--threads", str(threads)]) as url:
+        protocols.report(url, rounds, n_tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="GGUF file (default: the default model)")
@@ -171,6 +176,7 @@ def main() -> None:
         "prefill": lambda: prefill(model, args.threads, args.rounds),
         "conversation": lambda: agent(model, args.threads),
         "overload": lambda: backpressure(model, args.threads),
+        "protocols": lambda: agent_protocols(model, args.threads, args.rounds, args.tokens),
     }
     for section in args.only.split(","):
         print(f"== {section} ==", flush=True)

@@ -338,7 +338,8 @@ class Scheduler:
         piece = self.model.special_piece(token) if request.special_text else self.model.piece(token)
         text = seq.text.push(piece)
         if seq.text.stopped:
-            self._finish(seq, TokenEvent(token, text, logprob, False, top), FinishReason.STOP_SEQUENCE)
+            last = TokenEvent(token, text, logprob, False, top)
+            self._finish(seq, last, FinishReason.STOP_SEQUENCE, seq.text.matched)
         elif seq.guide is not None and seq.guide.complete:  # the grammar allows nothing more: done
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.EOS)
@@ -374,11 +375,11 @@ class Scheduler:
             )
         return token, float(everything[token]), top
 
-    def _finish(self, seq: Sequence, last: TokenEvent, reason: FinishReason) -> None:
+    def _finish(self, seq: Sequence, last: TokenEvent, reason: FinishReason, stop: str | None = None) -> None:
         now = time.perf_counter()
         timing = Timing(seq.admitted - seq.submitted, seq.first_token - seq.submitted, now - seq.submitted)
         usage = Usage(len(seq.prompt), seq.n_generated, seq.n_reused)
-        self._emit(seq, FinishEvent(last, reason, usage, timing))
+        self._emit(seq, FinishEvent(last, reason, usage, timing, stop))
         self.running.remove(seq)
         self._release(seq)
 

@@ -12,7 +12,7 @@ import codecs
 class TextStream:
     """Feed token bytes with :meth:`push`; it returns the text that is now safe to release."""
 
-    __slots__ = ("_decoder", "_held", "_max_stop", "_stops", "stopped")
+    __slots__ = ("_decoder", "_held", "_max_stop", "_stops", "matched", "stopped")
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -20,6 +20,7 @@ class TextStream:
         self._max_stop = max((len(s) for s in self._stops), default=0)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text (Anthropic reports it)
 
     def push(self, piece: bytes) -> str:
         if self.stopped:  # nothing after a stop string is ever released
@@ -28,9 +29,9 @@ class TextStream:
         if not self._stops:
             return text
         held = self._held + text
-        cut = _earliest_match(held, self._stops)
+        cut, stop = _earliest_match(held, self._stops)
         if cut >= 0:
-            self.stopped = True
+            self.stopped, self.matched = True, stop
             self._held = ""
             return held[:cut]
         keep = _longest_stop_prefix_suffix(held, self._stops, self._max_stop)
@@ -45,13 +46,13 @@ class TextStream:
         return text
 
 
-def _earliest_match(text: str, stops: tuple[str, ...]) -> int:
-    best = -1
+def _earliest_match(text: str, stops: tuple[str, ...]) -> tuple[int, str | None]:
+    best, which = -1, None
     for stop in stops:
         at = text.find(stop)
         if at >= 0 and (best < 0 or at < best):
-            best = at
-    return best
+            best, which = at, stop
+    return best, which
 
 
 def _longest_stop_prefix_suffix(text: str, stops: tuple[str, ...], max_stop: int) -> int:

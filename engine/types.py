@@ -113,6 +113,7 @@ class FinishEvent(msgspec.Struct, frozen=True, gc=False):
     reason: FinishReason
     usage: Usage
     timing: Timing
+    stop_sequence: str | None = None  # the stop string that matched, when reason is STOP_SEQUENCE
 
 
 class ErrorEvent(msgspec.Struct, frozen=True, gc=False):

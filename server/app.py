@@ -10,9 +10,12 @@ from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 
 from engine import Engine
+from server.anthropic.routes import anthropic_router
 from server.auth import require_api_key
 from server.errors import exception_handler
 from server.metrics import CONTENT_TYPE
+from server.openai.responses.routes import responses_router
+from server.openai.responses.store import ResponseStore
 from server.openai.routes import openai_router
 from server.state import AnyRequest, ServerSettings, Services, services
 from server.tgi.routes import tgi_router
@@ -65,8 +68,22 @@ def create_app(engine: Engine, settings: ServerSettings) -> Litestar:
         CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None
     )
     return Litestar(
-        route_handlers=[openai_router, tgi_router, health, metrics, demo_page],
-        state=State({"services": Services(engine, settings), "api_key": api_key}),
+        route_handlers=[
+            openai_router,
+            responses_router,
+            anthropic_router,
+            tgi_router,
+            health,
+            metrics,
+            demo_page,
+        ],
+        state=State(
+            {
+                "services": Services(engine, settings),
+                "api_key": api_key,
+                "responses": ResponseStore(settings.responses_store_size),
+            }
+        ),
         on_startup=[start_engine],
         on_shutdown=[stop_engine],
         request_max_body_size=settings.payload_limit,

@@ -227,6 +227,14 @@ def main() -> None:
     "a dead replica. 0: no limit.",
 )
 @_option(
+    "--responses-store-size",
+    envvar="RESPONSES_STORE_SIZE",
+    type=click.IntRange(min=0),
+    default=1000,
+    help="Responses kept in memory for /v1/responses' previous_response_id and GET/DELETE "
+    "/v1/responses/{id}; the least recently used go first. 0 keeps none.",
+)
+@_option(
     "--log-level",
     envvar="LOG_LEVEL",
     default="info",

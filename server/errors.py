@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 
 import msgspec
 from litestar import Response
@@ -30,11 +31,19 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
 
 
-class ModelNotFound(Exception):
+class NotFound(Exception):
+    """A thing a route names by id does not exist (a kept response, a model card)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(NotFound):
     """``GET /v1/models/{id}`` for an id this server does not serve."""
 
     def __init__(self, asked: str, served: str) -> None:
-        super().__init__(f"The model `{asked}` does not exist; this server serves `{served}`")
+        super().__init__(f"The model `{asked}` does not exist; this server serves `{served}`", "model")
 
 
 class FirstTokenTimeout(Exception):
@@ -64,8 +73,8 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         return Problem(503, str(exc), "unavailable")
     if isinstance(exc, GenerationError):
         return Problem(500, str(exc), "generation")
-    if isinstance(exc, ModelNotFound):
-        return Problem(404, str(exc), "not_found", "model")
+    if isinstance(exc, NotFound):
+        return Problem(404, str(exc), "not_found", exc.param)
     if isinstance(exc, FirstTokenTimeout):  # 503: not the admission limit, but as overloaded for clients
         return Problem(503, str(exc), "overloaded")
     if isinstance(exc, ClientGone):  # nobody reads this answer; 499 as nginx logs it
@@ -74,8 +83,13 @@ def problem_from(exc: Exception, validation_status: int) -> Problem:
         details = exc.extra[0] if isinstance(exc.extra, list) and exc.extra else {}
         key = details.get("key") if isinstance(details, dict) else None
         message = str(details.get("message", exc.detail) if isinstance(details, dict) else exc.detail)
+        # msgspec names the object a required field is missing from (`tools[0].function`), not the
+        # field: the whole path is that object's path and the field's name.
         missing = _MISSING_FIELD.search(message)
-        param = missing.group(1) if missing else None if key in (None, "data") else str(key)
+        where = None if key in (None, "data") else str(key)
+        param = where
+        if missing:
+            param = f"{where}.{missing.group(1)}" if where else missing.group(1)
         if param is not None:  # msgspec writes a mapping's values as `field[...]`: name the field
             param = param.removesuffix("[...]")
         return Problem(400, f"{message} at `{param}`" if param else str(message), "validation", param)
@@ -111,6 +125,25 @@ def openai_body(problem: Problem) -> dict[str, object]:
     return {"error": {"message": problem.message, "type": kind, "param": problem.param, "code": code}}
 
 
+_ANTHROPIC_TYPES = {
+    "overloaded": "overloaded_error",
+    "validation": "invalid_request_error",
+    "authentication": "authentication_error",
+    "payload": "request_too_large",
+    "generation": "api_error",
+    "unavailable": "api_error",
+    "not_found": "not_found_error",
+    "cancelled": "invalid_request_error",
+    "timeout": "invalid_request_error",
+}
+
+
+def anthropic_body(problem: Problem) -> dict[str, object]:
+    """Anthropic's shape. Overload keeps its 429 (not Anthropic's 529): nginx retries a 429 on the
+    next replica and the anthropic SDK backs off from it, honouring Retry-After."""
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES[problem.kind], "message": problem.message}}
+
+
 def tgi_body(problem: Problem) -> dict[str, object]:
     return {"error": problem.message, "error_type": problem.kind}
 
@@ -134,14 +167,21 @@ def _headers(problem: Problem, request: AnyRequest) -> dict[str, str]:
     return {"Retry-After": str(RETRY_AFTER_SECONDS)} if problem.status == 503 else {}
 
 
+def body_for(path: str) -> Callable[[Problem], dict[str, object]]:
+    """Anthropic's shape under /v1/messages, OpenAI's elsewhere under /v1, TGI's everywhere else
+    (TGI's own routes, /metrics, /health, unknown paths)."""
+    if path.startswith("/v1/messages"):
+        return anthropic_body
+    return openai_body if path.startswith("/v1/") else tgi_body
+
+
 def exception_handler(request: AnyRequest, exc: Exception) -> Response[object]:
-    """Every error of every route: OpenAI's shape under /v1, TGI's everywhere else (TGI's own routes,
-    /metrics, /health, unknown paths)."""
-    openai = request.url.path.startswith("/v1/")
-    problem = problem_from(exc, validation_status=400 if openai else 422)
+    """Every error of every route, in the shape of the protocol its path belongs to."""
+    path = request.url.path
+    problem = problem_from(exc, validation_status=400 if path.startswith("/v1/") else 422)
     if request.state.get("counted"):  # a generation request: count how it failed
         request.app.state.services.metrics.failure(problem.kind)
     if problem.status == 499:  # uvicorn writes no access line for an answer nobody reads: say it here
         log.info('"%s %s" 499: the client left before the answer started', request.method, request.url.path)
-    body = openai_body(problem) if openai else tgi_body(problem)
+    body = body_for(path)(problem)
     return Response(body, status_code=problem.status, headers=_headers(problem, request))

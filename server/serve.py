@@ -44,6 +44,7 @@ class ServeOptions(msgspec.Struct, frozen=True):
     shutdown_timeout: float
     request_read_timeout: float
     first_token_timeout: float
+    responses_store_size: int
     log_level: str
 
 
@@ -78,6 +79,7 @@ def run(o: ServeOptions) -> int:
         max_stop_sequences=o.max_stop_sequences,
         cors_allow_origins=o.cors_allow_origins,
         first_token_timeout=o.first_token_timeout,
+        responses_store_size=o.responses_store_size,
     )
     app = create_app(engine, settings)
     log.info("%s", engine.describe_context())

@@ -14,3 +14,9 @@ DONE = b"data: [DONE]\n\n"
 
 def frame(payload: object) -> bytes:
     return b"data: %s\n\n" % ENCODER.encode(payload)
+
+
+def named_frame(event: bytes, payload: object) -> bytes:
+    """A frame with an ``event:`` line, as the Responses and Messages APIs send them (the anthropic
+    SDK dispatches on that line, not on the data)."""
+    return b"event: %s\ndata: %s\n\n" % (event, ENCODER.encode(payload))

@@ -43,6 +43,7 @@ class ServerSettings(msgspec.Struct, frozen=True):
     max_stop_sequences: int = 4
     cors_allow_origins: tuple[str, ...] = ()
     first_token_timeout: float = 0.0  # 0: a request may wait for its first token as long as it takes
+    responses_store_size: int = 1000  # responses kept for previous_response_id (least recently used go)
 
 
 class Services:

@@ -14,7 +14,7 @@ import pytest
 from bench.server import running_server
 from engine.engine import DETERMINISTIC_WEIGHTS
 from engine.llama import Model
-from models import ensure_model
+from models import QWEN_CODER, ensure_model
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +68,11 @@ def deterministic_url(start_server: ServerFactory) -> Iterator[str]:
 def client(base_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def qwen_url(start_server: ServerFactory) -> Iterator[str]:
+    """The real tool-calling model (Qwen2.5-Coder-0.5B, Hermes-style calls), two slots: shared by the
+    agent-protocol tests (Responses, Messages), which check the same flows on a real tool model."""
+    with start_server("--model", str(ensure_model(QWEN_CODER)), "--parallel", "2") as url:
+        yield url

@@ -21,6 +21,7 @@ from tests.load import occupied, send_and_vanish
 TGI_OVERLOADED = {"error": "Model is overloaded", "error_type": "overloaded"}
 SHORT_CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
 SHORT_TGI = {"inputs": "Hi", "parameters": {"max_new_tokens": 5}}
+SHORT_MESSAGES = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,10 @@ def small_server(start_server: Any) -> Any:
         ("/v1/chat/completions", SHORT_CHAT),
         ("/v1/chat/completions", {**SHORT_CHAT, "stream": True}),
         ("/v1/completions", {"prompt": "Hi", "max_tokens": 5, "stream": True}),
+        ("/v1/responses", {"input": "Hi", "max_output_tokens": 5, "stream": True}),
+        ("/v1/responses", {"input": "Hi", "max_output_tokens": 5}),
+        ("/v1/messages", {**SHORT_MESSAGES, "stream": True}),
+        ("/v1/messages", SHORT_MESSAGES),
     ],
 )
 def test_past_the_limit_every_route_answers_429_before_any_stream_byte(
@@ -50,7 +55,12 @@ def test_past_the_limit_every_route_answers_429_before_any_stream_byte(
         assert response.status_code == 429
         assert 1 <= int(response.headers["retry-after"]) <= 60  # estimated from the queue
         assert response.headers["content-type"].startswith("application/json")
-        if path.startswith("/v1"):
+        if path.startswith("/v1/messages"):  # Anthropic's shape, with a status nginx and its SDK retry
+            assert response.json() == {
+                "type": "error",
+                "error": {"type": "overloaded_error", "message": "Model is overloaded"},
+            }
+        elif path.startswith("/v1"):
             assert response.json() == {
                 "error": {
                     "message": "Model is overloaded",
@@ -153,3 +163,22 @@ def test_a_client_leaving_a_non_streamed_request_cancels_it(start_server: Any) -
         assert time.perf_counter() - closed < 5
         assert final["tgi_request_failure{err=cancelled}"] == 1
         assert json.loads(httpx.post(f"{url}/generate", json=SHORT_TGI, timeout=30).text)["generated_text"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"input": "Write a long essay.", "max_output_tokens": 400, "stream": True}),
+        ("/v1/messages", {**SHORT_MESSAGES, "max_tokens": 400, "stream": True}),
+    ],
+)
+def test_leaving_a_stream_of_the_agent_protocols_frees_its_slot(
+    small_server: str, path: str, body: dict[str, Any]
+) -> None:
+    with httpx.Client(base_url=small_server, timeout=120) as c, c.stream("POST", path, json=body) as r:
+        assert r.status_code == 200
+        for n, _ in enumerate(r.iter_lines()):
+            if n >= 6:  # two events in: the answer is still being generated
+                break
+    final = wait_until_idle(small_server, timeout=15)
+    assert final["tokenspout_requests_admitted"] == 0 and final["tokenspout_kv_cells_used"] == 0

@@ -50,26 +50,34 @@ def cluster(model_path: str) -> Iterator[Cluster]:
         yield running
 
 
-def stream_status(url: str, body: dict[str, Any], tag: str = "") -> tuple[int, int, str | None]:
+def stream_status(
+    url: str, body: dict[str, Any], tag: str = "", path: str = "/v1/chat/completions"
+) -> tuple[int, int, str | None]:
     """Status, number of SSE events and Retry-After of one streamed request, read to the end. ``tag``
     goes in the query string, so that the test finds its own requests in nginx's access log."""
     with (
         httpx.Client(timeout=CLIENT_TIMEOUT) as client,
-        client.stream("POST", f"{url}/v1/chat/completions?test={tag}", json=body) as response,
+        client.stream("POST", f"{url}{path}?test={tag}", json=body) as response,
     ):
         events = sum(1 for line in response.iter_lines() if line.startswith("data: "))
         return response.status_code, events, response.headers.get("retry-after")
 
 
-def burst(url: str, n: int, max_tokens: int, tag: str = "") -> list[tuple[int, int, str | None]]:
-    """``n`` streamed requests sent at the same instant, each on its own connection."""
+def burst(
+    url: str, n: int, max_tokens: int, tag: str = "", path: str = "/v1/chat/completions"
+) -> list[tuple[int, int, str | None]]:
+    """``n`` streamed requests sent at the same instant, each on its own connection (chat
+    completions, or Anthropic's messages with ``path="/v1/messages"``)."""
+    body = chat(max_tokens)
+    if path == "/v1/messages":
+        body = {"model": "claude", "max_tokens": max_tokens, "stream": True, "messages": body["messages"]}
     results: list[Any] = [None] * n
     start = threading.Barrier(n)
 
     def one(i: int) -> None:
         start.wait()
         try:
-            results[i] = stream_status(url, chat(max_tokens), tag)
+            results[i] = stream_status(url, body, tag, path)
         except httpx.HTTPError as exc:  # recorded, so the assertion shows which request failed and how
             results[i] = (repr(exc), 0, None)
 
@@ -112,6 +120,16 @@ def test_the_same_burst_through_nginx_gets_four_200s_the_refused_ones_retried(cl
     # the first when the others arrive), so at least one is refused there and served by the other.
     assert set(statuses) <= {"200", "429, 200"}, statuses
     assert "429, 200" in statuses, statuses
+
+
+def test_an_overloaded_messages_request_is_retried_by_nginx_as_well(cluster: Cluster) -> None:
+    """Anthropic's overload is a 429 here (not Anthropic's 529, which nginx cannot retry)."""
+    direct = burst(cluster.replicas[0].url, 3, max_tokens=24, path="/v1/messages")
+    assert sorted(status for status, _, _ in direct) == [200, 429, 429], direct
+    results = burst(cluster.url, 4, max_tokens=24, tag="messages-burst", path="/v1/messages")
+    assert [status for status, _, _ in results] == [200] * 4, results
+    statuses = logged(cluster, "messages-burst", 4)
+    assert set(statuses) <= {"200", "429, 200"} and "429, 200" in statuses, statuses
 
 
 def test_through_nginx_the_first_event_arrives_while_the_answer_is_still_generated(

@@ -34,6 +34,9 @@ def test_no_generated_request_causes_a_server_error(fuzz_url: str, mode: Generat
         "POST /generate_stream",
         "POST /",
         "POST /tokenize",
+        "POST /v1/responses",
+        "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
     }
     cases = 0
     for operation in operations:

@@ -20,9 +20,9 @@ from engine import (
     TokenEvent,
     ValidationError,
     refuse_surely_too_long,
-    resolve_max_tokens,
 )
 from server.conversation.plan import ChatPlan
+from server.conversation.prompt import budget, seed, stop_strings
 from server.conversation.reply import Reply, whole
 from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, StopReason, Text
 from server.errors import Problem, openai_body
@@ -35,16 +35,6 @@ Tokenize = Callable[[str], list[int]]
 
 def finish_reason(reason: FinishReason) -> str:
     return "length" if reason is FinishReason.LENGTH else "stop"
-
-
-def stop_strings(stop: str | list[str] | None, limits: Limits) -> tuple[str, ...]:
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    stops = tuple(s for s in stops if s)
-    if len(stops) > limits.max_stop_sequences:
-        raise ValidationError(
-            f"`stop` holds {len(stops)} sequences; at most {limits.max_stop_sequences} are allowed", "stop"
-        )
-    return stops
 
 
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: -100 (in effect a ban) .. 100 (in effect the only choice)
@@ -83,15 +73,9 @@ def sampling(body: w.SamplingFields, limits: Limits) -> SamplingParams:
         repetition_penalty=body.repeat_penalty,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
-        seed=body.seed if body.seed is not None else uuid.uuid4().int & 0xFFFFFFFF,
+        seed=seed(body.seed),
         logit_bias=logit_bias(body.logit_bias, limits.n_vocab),
     )
-
-
-def chat_prompt(text: str, tokenize: Tokenize, limits: Limits) -> list[int]:
-    """The tokens of a rendered chat prompt, unless it is surely too long to be worth tokenizing."""
-    refuse_surely_too_long(text, limits.max_input_tokens, limits.longest_piece, "messages")
-    return tokenize(text)
 
 
 def chat_request(
@@ -104,7 +88,7 @@ def chat_request(
         raise ValidationError("`top_logprobs` needs `logprobs: true`", "top_logprobs")
     return GenerationRequest(
         prompt_tokens=tuple(prompt),
-        max_tokens=_budget(len(prompt), requested, limits, "messages", field),
+        max_tokens=budget(len(prompt), requested, limits, "messages", field),
         sampling=sampling(body, limits),
         stop=stop_strings(body.stop, limits),
         logprobs=body.logprobs,
@@ -115,12 +99,35 @@ def chat_request(
     )
 
 
+def prompt_ids(prompt: list[int], n_vocab: int) -> list[int]:
+    """A prompt given as token ids, checked: llama.cpp would read past its tables for an id outside
+    the vocabulary."""
+    for i, token in enumerate(prompt):
+        if not 0 <= token < n_vocab:
+            raise ValidationError(
+                f"`prompt[{i}]` is token {token}, but this model's token ids run from 0 to {n_vocab - 1}",
+                "prompt",
+            )
+    return prompt
+
+
+def one_prompt(prompt: str | list[str | int | list[int]]) -> str | list[int]:
+    """OpenAI's schema allows a string, token ids, or a list of either; one prompt per request here."""
+    if isinstance(prompt, str):
+        return prompt
+    if all(type(p) is int for p in prompt):
+        return prompt  # type: ignore[return-value]  # checked just above
+    if len(prompt) != 1:
+        raise ValidationError(
+            "`prompt` must be one prompt: a string, token ids, or a list holding one of either "
+            "(batched prompts are not supported)",
+            "prompt",
+        )
+    return prompt[0]  # type: ignore[return-value]  # str or list[int]; a lone int was handled above
+
+
 def completion_request(body: w.CompletionRequest, tokenize: Tokenize, limits: Limits) -> GenerationRequest:
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ValidationError("`prompt` must be one string (batched prompts are not supported)", "prompt")
-        prompt = prompt[0]
+    prompt = one_prompt(body.prompt)
     if not prompt:
         raise ValidationError("`prompt` must not be empty", "prompt")
     if body.echo:
@@ -129,28 +136,20 @@ def completion_request(body: w.CompletionRequest, tokenize: Tokenize, limits: Li
         raise ValidationError("`suffix` is not supported", "suffix")
     if body.best_of is not None and body.best_of != 1:
         raise ValidationError(f"only `best_of: 1` is supported; got {body.best_of}", "best_of")
-    refuse_surely_too_long(prompt, limits.max_input_tokens, limits.longest_piece, "prompt")
-    tokens = tokenize(prompt)
+    if isinstance(prompt, str):
+        refuse_surely_too_long(prompt, limits.max_input_tokens, limits.longest_piece, "prompt")
+        tokens = tokenize(prompt)
+    else:
+        tokens = prompt_ids(prompt, limits.n_vocab)
     n_logprobs = body.logprobs or 0
     return GenerationRequest(
         prompt_tokens=tuple(tokens),
-        max_tokens=_budget(len(tokens), body.max_tokens, limits, "prompt", "max_tokens"),
+        max_tokens=budget(len(tokens), body.max_tokens, limits, "prompt", "max_tokens"),
         sampling=sampling(body, limits),
         stop=stop_strings(body.stop, limits),
         logprobs=body.logprobs is not None,
         top_logprobs=n_logprobs,
         ignore_eos=body.ignore_eos,
-    )
-
-
-def _budget(n_prompt: int, requested: int | None, limits: Limits, prompt_field: str, field: str) -> int:
-    return resolve_max_tokens(
-        n_prompt,
-        requested,
-        max_input=limits.max_input_tokens,
-        max_total=limits.max_total_tokens,
-        prompt_field=prompt_field,
-        max_field=field,
     )
 
 

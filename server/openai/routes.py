@@ -8,14 +8,15 @@ import time
 from litestar import HttpMethod, Response, Router, post, route
 from litestar.response import Stream
 
-from server.conversation.plan import ChatPlan, plan
+from server.conversation.plan import plan
+from server.conversation.prompt import prompt as chat_prompt
 from server.conversation.reply import Reply
 from server.errors import ModelNotFound
 from server.generation import count_request, sse_response, stream, whole
 from server.openai import adapter as adapt
 from server.openai import wire as w
 from server.openai.conversation import conversation
-from server.state import AnyRequest, Services, services
+from server.state import AnyRequest, services
 
 
 @post("/chat/completions", status_code=200, responses=sse_response(w.ChatCompletionChunk))
@@ -26,9 +27,7 @@ async def chat_completions(
     s, body = services(request), data
     count_request(request, s.metrics)
     chat = plan(conversation(body), s.tools)
-    # Rendering and tokenizing a long prompt takes a while (~0.4 s for 2 MB): off the event loop, so
-    # that running streams go on meanwhile.
-    prompt = await asyncio.to_thread(_chat_prompt, s, chat)
+    prompt = await chat_prompt(s, chat, "messages")
     handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits, chat))
     model = body.model or s.engine.model_id
     reply = Reply(chat.tools)
@@ -38,11 +37,6 @@ async def chat_completions(
         return await stream(request, handle, encoder, s.metrics, 400)
     result = await whole(request, handle, s.metrics)
     return Response(adapt.chat_completion(model, result, body.logprobs, reply))
-
-
-def _chat_prompt(s: Services, plan: ChatPlan) -> list[int]:
-    text = s.engine.chat_template.render(plan.messages, tools=plan.template_tools)
-    return adapt.chat_prompt(text, lambda t: s.engine.tokenize(t, add_special=False), s.limits)
 
 
 @post("/completions", status_code=200, responses=sse_response(w.Completion))

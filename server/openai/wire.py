@@ -120,7 +120,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
-    prompt: str | list[str]
+    # a string, token ids, or a list of one of either (OpenAI's schema; one prompt per request here)
+    # (msgspec allows one array type in a union: the adapter checks that a list is not mixed)
+    prompt: str | list[str | int | list[int]]
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     echo: bool = False
     suffix: str | None = None

@@ -1,0 +1,182 @@
+"""A Messages request as the neutral :class:`Conversation` plus the engine request's knobs. Pure:
+errors name the Messages API's own fields (``messages[1].content[0].type``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine import GenerationRequest, SamplingParams, ValidationError
+from engine.chat import ToolCall
+from server.anthropic import wire as w
+from server.conversation.plan import ChatPlan
+from server.conversation.prompt import seed, stop_strings
+from server.conversation.schema import without_vacuous
+from server.conversation.types import Conversation, Fields, OutputFormat, Tool, ToolChoice, Turn
+from server.state import Limits
+
+FIELDS = Fields(
+    turns="messages",
+    tools="tools",
+    tool_choice="tool_choice",
+    output="output_format",
+    schema="output_format.schema",
+)
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+SERVER_TOOL = (
+    "Anthropic's server tools (web_search, web_fetch, code_execution, bash, text_editor, computer, "
+    "memory) run on Anthropic's side: declare a custom tool with `name` and `input_schema` instead"
+)
+
+
+def _refuse(message: str, field: str) -> ValidationError:
+    return ValidationError(message, field)
+
+
+def _unsupported(kind: str, field: str) -> ValidationError:
+    what = "image and document blocks are" if kind in ("image", "document", "search_result") else "it is"
+    return _refuse(f"`{field}` is {kind!r}: {what} not supported here", field)
+
+
+def _texts(blocks: str | list[w.Block] | None, field: str) -> str:
+    """The text of a tool result's content (a string or text blocks)."""
+    if blocks is None or isinstance(blocks, str):
+        return blocks or ""
+    out = []
+    for j, b in enumerate(blocks):
+        if b.type != "text":
+            raise _unsupported(b.type, f"{field}[{j}].type")
+        out.append(b.text or "")
+    return "".join(out)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def turns(body: w.CountTokensRequest) -> list[Turn]:
+    out: list[Turn] = []
+    system = body.system
+    if isinstance(system, list):
+        system = "\n\n".join(b.text for b in system)
+    if system:
+        out.append(Turn("system", system))
+    for i, m in enumerate(body.messages):
+        # The API (and Claude Code with it) also takes system messages between the turns.
+        if m.role not in ("user", "assistant", "system"):
+            raise _refuse(
+                f"`messages[{i}].role` is {m.role!r}: use 'user', 'assistant' or 'system'",
+                f"messages[{i}].role",
+            )
+        if isinstance(m.content, str):
+            out.append(Turn(m.role, m.content))  # type: ignore[arg-type]  # checked just above
+            continue
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for j, b in enumerate(m.content):
+            field = f"messages[{i}].content[{j}]"
+            if b.type == "text":
+                texts.append(b.text or "")
+            elif b.type == "tool_use" and m.role == "assistant":
+                if not b.id or not b.name:
+                    raise _refuse(f"`{field}` needs `id` and `name`", f"{field}.id")
+                calls.append(ToolCall(b.id, b.name, b.input if b.input is not None else {}))
+            elif b.type == "tool_result" and m.role == "user":
+                if not b.tool_use_id:
+                    raise _refuse(f"`{field}.tool_use_id` is required", f"{field}.tool_use_id")
+                result = _texts(b.content, f"{field}.content")
+                # A template has no place for is_error: the result says it in words.
+                text = f"Error: {result}" if b.is_error else result
+                out.append(Turn("tool", text, tool_call_id=b.tool_use_id))
+            elif b.type in ("thinking", "redacted_thinking"):
+                continue  # an earlier turn's thinking: accepted; this model is not shown it
+            elif b.type in ("tool_use", "tool_result"):
+                raise _refuse(f"`{field}` of type {b.type!r} does not belong to a {m.role} message", field)
+            else:
+                raise _unsupported(b.type, f"{field}.type")
+        if texts or calls or m.role == "assistant":
+            out.append(Turn(m.role, "".join(texts), tuple(calls)))  # type: ignore[arg-type]
+    return out
+
+
+def tools(body: w.CountTokensRequest) -> tuple[Tool, ...]:
+    out = []
+    for i, t in enumerate(body.tools or ()):
+        if t.type not in (None, "custom"):
+            raise _refuse(f"`tools[{i}].type` is {t.type!r}: {SERVER_TOOL}", f"tools[{i}].type")
+        if not t.name:
+            raise _refuse(f"`tools[{i}].name` must not be empty", f"tools[{i}].name")
+        if t.input_schema is None:
+            raise _refuse(f"`tools[{i}].input_schema` is required", f"tools[{i}].input_schema")
+        out.append(Tool(t.name, t.description, without_vacuous(t.input_schema) or NO_PARAMETERS))
+    return tuple(out)
+
+
+def tool_choice(body: w.CountTokensRequest) -> ToolChoice:
+    c = body.tool_choice
+    if c is None:
+        return ToolChoice("auto")
+    parallel = not c.disable_parallel_tool_use
+    if c.type == "auto":
+        return ToolChoice("auto", parallel=parallel)
+    if c.type == "any":
+        return ToolChoice("required", parallel=parallel)
+    if c.type == "none":
+        return ToolChoice("none")
+    if c.type == "tool":
+        if not c.name:
+            raise _refuse("`tool_choice.name` is required with type 'tool'", "tool_choice.name")
+        return ToolChoice("required", c.name, parallel)
+    raise _refuse(
+        f"`tool_choice.type` is {c.type!r}: use 'auto', 'any', 'tool' or 'none'", "tool_choice.type"
+    )
+
+
+def output_format(body: w.CountTokensRequest) -> OutputFormat | None:
+    f = body.output_format
+    if f is None:
+        return None
+    if f.type != "json_schema":
+        raise _refuse(f"`output_format.type` is {f.type!r}: use 'json_schema'", "output_format.type")
+    if f.schema is None:
+        raise _refuse("`output_format.schema` is required", "output_format.schema")
+    return OutputFormat("json_schema", dict(f.schema))
+
+
+def conversation(body: w.CountTokensRequest) -> Conversation:
+    return Conversation(tuple(turns(body)), tools(body), tool_choice(body), output_format(body), FIELDS)
+
+
+def check_length(n_prompt: int, limits: Limits) -> None:
+    """A prompt over the context, in the words Claude Code reads to compact a conversation."""
+    if n_prompt > limits.max_input_tokens:
+        raise _refuse(
+            f"prompt is too long: {n_prompt} tokens > {limits.max_input_tokens} maximum", "messages"
+        )
+
+
+def sampling(body: w.MessagesRequest) -> SamplingParams:
+    return SamplingParams(
+        temperature=body.temperature,
+        top_k=body.top_k or 0,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=seed(None),
+    )
+
+
+def generation_request(
+    body: w.MessagesRequest, prompt: list[int], limits: Limits, plan: ChatPlan
+) -> GenerationRequest:
+    check_length(len(prompt), limits)
+    # Clients send a generous max_tokens (Claude Code: 32000) meaning "at most": the answer gets
+    # what the context leaves, as llama-server does, instead of a refusal.
+    room = limits.max_total_tokens - len(prompt)
+    return GenerationRequest(
+        prompt_tokens=tuple(prompt),
+        max_tokens=min(body.max_tokens, room),
+        sampling=sampling(body),
+        stop=stop_strings(body.stop_sequences, limits, "stop_sequences"),
+        ignore_eos=body.ignore_eos,
+        constraint=plan.constraint,
+        special_text=plan.special_text,
+    )

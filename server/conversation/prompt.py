@@ -1,0 +1,60 @@
+"""What every chat protocol does between its conversation and the engine: render the planned messages
+with the model's chat template, tokenize them, and resolve the token budget and stop strings, each
+refusal naming the protocol's own field. Shared so that chat completions, Responses and Messages
+refuse the same requests with the same words."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+
+from engine import ValidationError, refuse_surely_too_long, resolve_max_tokens
+from server.conversation.plan import ChatPlan
+from server.state import Limits, Services
+
+Tokenize = Callable[[str], list[int]]
+
+
+def tokens(text: str, tokenize: Tokenize, limits: Limits, field: str) -> list[int]:
+    """The tokens of a rendered chat prompt, unless it is surely too long to be worth tokenizing."""
+    refuse_surely_too_long(text, limits.max_input_tokens, limits.longest_piece, field)
+    return tokenize(text)
+
+
+def render(s: Services, plan: ChatPlan, field: str) -> list[int]:
+    text = s.engine.chat_template.render(plan.messages, tools=plan.template_tools)
+    return tokens(text, lambda t: s.engine.tokenize(t, add_special=False), s.limits, field)
+
+
+async def prompt(s: Services, plan: ChatPlan, field: str) -> list[int]:
+    """The prompt's tokens. Rendering and tokenizing a long prompt takes a while (~0.4 s for 2 MB):
+    off the event loop, so that running streams go on meanwhile."""
+    return await asyncio.to_thread(render, s, plan, field)
+
+
+def budget(n_prompt: int, requested: int | None, limits: Limits, prompt_field: str, field: str) -> int:
+    """Tokens to generate at most; refuses a prompt or a budget that does not fit."""
+    return resolve_max_tokens(
+        n_prompt,
+        requested,
+        max_input=limits.max_input_tokens,
+        max_total=limits.max_total_tokens,
+        prompt_field=prompt_field,
+        max_field=field,
+    )
+
+
+def stop_strings(stop: str | Sequence[str] | None, limits: Limits, field: str = "stop") -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    stops = tuple(s for s in stops if s)
+    if len(stops) > limits.max_stop_sequences:
+        raise ValidationError(
+            f"`{field}` holds {len(stops)} sequences; at most {limits.max_stop_sequences} are allowed", field
+        )
+    return stops
+
+
+def seed(requested: int | None) -> int:
+    """The request's seed, or a fresh one: unseeded requests must not all sample alike."""
+    return requested if requested is not None else uuid.uuid4().int & 0xFFFFFFFF

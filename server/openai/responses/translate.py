@@ -1,0 +1,215 @@
+"""A Responses request as the neutral :class:`Conversation` plus the engine request's knobs. Pure:
+errors name the Responses API's own fields (``input[2].content[0].type``, ``text.format``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine import GenerationRequest, SamplingParams, ValidationError
+from engine.chat import ToolCall
+from server.conversation.plan import ChatPlan
+from server.conversation.prompt import budget, seed
+from server.conversation.schema import without_vacuous
+from server.conversation.types import Conversation, Fields, OutputFormat, Tool, ToolChoice, Turn
+from server.openai.responses import wire as w
+from server.state import Limits
+
+FIELDS = Fields(
+    turns="input", tools="tools", tool_choice="tool_choice", output="text.format", schema="text.format.schema"
+)
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+TEXT_PARTS = ("input_text", "output_text", "text", "summary_text")
+UNSUPPORTED_TOOL = (
+    "only function tools are supported: web_search, file_search, computer_use_preview, "
+    "code_interpreter, image_generation, mcp, local_shell, shell and custom tools run on OpenAI's side"
+)
+
+
+def _refuse(message: str, field: str) -> ValidationError:
+    return ValidationError(message, field)
+
+
+def check_settings(body: w.ResponsesRequest) -> None:
+    """What this server cannot honour is refused, never ignored."""
+    if body.truncation not in (None, "disabled"):
+        raise _refuse(
+            f"`truncation: {body.truncation!r}` is not supported: only 'disabled' (a conversation over the "
+            "context is refused, not cut)",
+            "truncation",
+        )
+    if body.conversation is not None:
+        raise _refuse(
+            "`conversation` is not supported: this server keeps no conversations; chain responses "
+            "with `previous_response_id` instead",
+            "conversation",
+        )
+    if body.background:
+        raise _refuse("`background: true` is not supported", "background")
+
+
+def _text(content: str | list[w.ContentPart] | None, field: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for j, part in enumerate(content):
+        if part.type not in TEXT_PARTS:
+            kind = "image and file inputs are" if part.type in ("input_image", "input_file") else "it is"
+            raise _refuse(
+                f"`{field}[{j}].type` is {part.type!r}: {kind} not supported (text parts only)",
+                f"{field}[{j}].type",
+            )
+        texts.append(part.text or "")
+    return "".join(texts)
+
+
+def decoded(text: str) -> Any:
+    """A call's arguments as templates expect them (an object), or the raw text when not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+
+
+def turns(body: w.ResponsesRequest) -> list[Turn]:
+    """The input as turns. Consecutive ``function_call`` items (parallel calls), and calls right after
+    an assistant message, become one assistant turn, as chat templates expect them."""
+    if isinstance(body.input, str):
+        if not body.input:
+            raise _refuse("`input` must not be empty", "input")
+        return [Turn("user", body.input)]
+    out: list[Turn] = []
+    open_calls = False  # the last turn is an assistant turn that later calls may join
+    for i, item in enumerate(body.input):
+        kind = item.type or ("message" if item.role else None)
+        field = f"input[{i}]"
+        if kind == "message":
+            role = _ROLES.get(item.role or "")
+            if role is None:
+                raise _refuse(
+                    f"`{field}.role` is {item.role!r}: use 'user', 'assistant', 'system' or 'developer'",
+                    f"{field}.role",
+                )
+            out.append(Turn(role, _text(item.content, f"{field}.content")))  # type: ignore[arg-type]
+            open_calls = role == "assistant"
+        elif kind == "function_call":
+            if not item.call_id or not item.name:
+                raise _refuse(f"`{field}` needs `call_id` and `name`", f"{field}.call_id")
+            call = ToolCall(item.call_id, item.name, decoded(item.arguments or "{}"))
+            if open_calls:
+                last = out[-1]
+                out[-1] = Turn("assistant", last.text, (*last.tool_calls, call))
+            else:
+                out.append(Turn("assistant", "", (call,)))
+                open_calls = True
+        elif kind == "function_call_output":
+            if not item.call_id:
+                raise _refuse(f"`{field}.call_id` is required", f"{field}.call_id")
+            output = _text(item.output, f"{field}.output")
+            out.append(Turn("tool", output, tool_call_id=item.call_id))
+            open_calls = False
+        elif kind == "reasoning":
+            continue  # an earlier turn's reasoning: accepted; this model is not shown it
+        else:
+            raise _refuse(
+                f"`{field}.type` is {kind!r}: supported input items are 'message', 'function_call', "
+                "'function_call_output' and 'reasoning'",
+                f"{field}.type",
+            )
+    return out
+
+
+def tools(body: w.ResponsesRequest) -> tuple[Tool, ...]:
+    out = []
+    for i, tool in enumerate(body.tools or ()):
+        if tool.type != "function":
+            raise _refuse(f"`tools[{i}].type` is {tool.type!r}: {UNSUPPORTED_TOOL}", f"tools[{i}].type")
+        if not tool.name:
+            raise _refuse(f"`tools[{i}].name` must not be empty", f"tools[{i}].name")
+        out.append(
+            Tool(
+                tool.name,
+                tool.description,
+                without_vacuous(tool.parameters) if tool.parameters else NO_PARAMETERS,
+            )
+        )
+    return tuple(out)
+
+
+def tool_choice(body: w.ResponsesRequest) -> ToolChoice:
+    choice = body.tool_choice
+    parallel = body.parallel_tool_calls is not False
+    if choice is None:
+        return ToolChoice("auto", parallel=parallel)
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise _refuse(
+                f"`tool_choice` is {choice!r}: use 'none', 'auto', 'required' or "
+                '{"type": "function", "name": ...}',
+                "tool_choice",
+            )
+        return ToolChoice(choice, parallel=parallel)  # type: ignore[arg-type]  # checked just above
+    if choice.type != "function" or not choice.name:
+        raise _refuse(
+            f"`tool_choice` of type {choice.type!r} is not supported: use 'none', 'auto', 'required' or "
+            '{"type": "function", "name": ...}',
+            "tool_choice",
+        )
+    return ToolChoice("required", choice.name, parallel)
+
+
+def output_format(body: w.ResponsesRequest) -> OutputFormat | None:
+    fmt = body.text.format if body.text else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return OutputFormat("json_object")
+    if fmt.type != "json_schema":
+        raise _refuse(
+            f"`text.format.type` is {fmt.type!r}: use 'text', 'json_object' or 'json_schema'",
+            "text.format.type",
+        )
+    if fmt.schema is None:
+        raise _refuse("`text.format.schema` is required with type 'json_schema'", "text.format.schema")
+    return OutputFormat("json_schema", dict(fmt.schema))
+
+
+def conversation(
+    body: w.ResponsesRequest, earlier: tuple[Turn, ...] = ()
+) -> tuple[Conversation, tuple[Turn, ...]]:
+    """The conversation to answer, and the turns to keep for a follow-up (``earlier`` turns of the
+    previous response plus this input; ``instructions`` are not carried over, as OpenAI does)."""
+    check_settings(body)
+    kept = (*earlier, *turns(body))
+    system = (Turn("system", body.instructions),) if body.instructions else ()
+    conv = Conversation((*system, *kept), tools(body), tool_choice(body), output_format(body), FIELDS)
+    return conv, kept
+
+
+def sampling(body: w.ResponsesRequest) -> SamplingParams:
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_k=body.top_k,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        min_p=body.min_p,
+        repetition_penalty=body.repeat_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        seed=seed(body.seed),
+    )
+
+
+def generation_request(
+    body: w.ResponsesRequest, prompt: list[int], limits: Limits, plan: ChatPlan
+) -> GenerationRequest:
+    return GenerationRequest(
+        prompt_tokens=tuple(prompt),
+        max_tokens=budget(len(prompt), body.max_output_tokens, limits, "input", "max_output_tokens"),
+        sampling=sampling(body),
+        ignore_eos=body.ignore_eos,
+        constraint=plan.constraint,
+        special_text=plan.special_text,
+    )
