@@ -104,7 +104,9 @@ def test_stream_events_follow_the_documented_order(base_url: str) -> None:
 
 
 def test_sdk_stream_helper_and_final_response(base_url: str) -> None:
-    with client(base_url).responses.stream(model="m", input="Say hello.", max_output_tokens=200) as s:
+    with client(base_url).responses.stream(
+        model="m", input="Say hello.", max_output_tokens=200, temperature=0
+    ) as s:
         text = "".join(e.delta for e in s if e.type == "response.output_text.delta")
         final = s.get_final_response()
     assert final.status == "completed" and final.output_text == text
