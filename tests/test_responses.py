@@ -246,7 +246,9 @@ def test_qwen_streams_a_call_in_the_sdk_helper_and_answers_a_round_trip(qwen_url
         model="qwen", previous_response_id=final.id, tools=[WEATHER], max_output_tokens=40, temperature=0,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 C"}],
     )  # fmt: skip
-    assert follow.status == "completed" and follow.output
+    # The 0.5B model may answer the result or call again (bare calls, several in a row, until the token
+    # budget): the server owns a well-formed answer and the prompt cache's reuse of the first turn.
+    assert follow.status in ("completed", "incomplete") and follow.output
     assert follow.usage is not None and follow.usage.input_tokens_details.cached_tokens > 0
 
 
