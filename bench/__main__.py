@@ -18,13 +18,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import constrained, conversation, overload, stall
+from bench import constrained, conversation, overload, spec, stall
 from bench.bare import PROMPT
 from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
 from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
 from models import ensure_model
 
-SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload")
+SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload", "spec")
 
 
 def bare(model: str, threads: int, *args: str) -> dict[str, float]:
@@ -167,6 +167,7 @@ def main() -> None:
         "prefill": lambda: prefill(model, args.threads, args.rounds),
         "conversation": lambda: agent(model, args.threads),
         "overload": lambda: backpressure(model, args.threads),
+        "spec": lambda: spec.report(model, args.threads, args.rounds, args.tokens),
     }
     for section in args.only.split(","):
         print(f"== {section} ==", flush=True)

@@ -374,7 +374,7 @@ class Scheduler:
                 draft = seq.guide.forced(limit)
                 seq.forced = bool(draft)
             if not draft and seq.throttle is not None:
-                allowed = min(seq.throttle.allowance(), limit)
+                allowed = min(seq.throttle.allowance(len(decoding)), limit)
                 if allowed > 0:
                     if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
                         history = (*seq.prompt, *seq.decoded, seq.next_token)
