@@ -164,10 +164,12 @@ def main() -> None:
 @_option(
     "--spec/--no-spec",
     envvar="SPEC",
-    default=True,
+    default=None,
+    show_default="on, but off with --deterministic",
     help="Speculative decoding: guess the tokens ahead from the request's own text (prompt lookup) and "
     "from what a grammar forces, and verify the guesses in the same batch. Lossless; adaptive per "
-    "request, so text that copies nothing costs almost nothing.",
+    "request, so text that copies nothing costs almost nothing. Off by default with --deterministic, "
+    "whose context shape makes draft rows far dearer on CPU (--spec turns it on there too).",
 )
 @_option(
     "--spec-draft-max",
@@ -281,6 +283,8 @@ def serve(**options: object) -> None:
     if options["threads"] is None:
         options["threads"] = physical_cores()
     ubatch = options["ubatch_size"]
+    if options["spec"] is None:
+        options["spec"] = not options["deterministic"]
     if int(options["spec_ngram_min"]) > int(options["spec_ngram_max"]):  # type: ignore[call-overload]
         raise click.BadParameter("must not exceed --spec-ngram-max", param_hint="--spec-ngram-min")
     if options["deterministic"] and isinstance(ubatch, int) and ubatch >= 64:
