@@ -165,7 +165,6 @@ def main() -> None:
     "--spec/--no-spec",
     envvar="SPEC",
     default=None,
-    show_default="on, but off with --deterministic",
     help="Speculative decoding: guess the tokens ahead from the request's own text (prompt lookup) and "
     "from what a grammar forces, and verify the guesses in the same batch. Lossless; adaptive per "
     "request, so text that copies nothing costs almost nothing. Off by default with --deterministic, "
