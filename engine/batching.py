@@ -40,6 +40,21 @@ def chunk_budget(
     return max(0, min(room, max_chunk, max(MIN_CHUNK, affordable)))
 
 
+def draft_room(
+    n_decoding: int, max_batch: int, seconds_per_token: float | None, target_seconds: float
+) -> int:
+    """Draft rows the next step may carry beside ``n_decoding`` decode tokens (speculation).
+
+    A draft row costs about what a prompt token does, so once that cost is known the drafts keep the
+    step within the same target as prefill does; before, only the batch bounds them (each sequence's
+    own draft length is small, and its throttle shortens drafts that fail).
+    """
+    room = max_batch - n_decoding
+    if seconds_per_token is None:
+        return room
+    return max(0, min(room, int(target_seconds / seconds_per_token) - n_decoding))
+
+
 def prefill_left(n_prompt: int, n_cached: int) -> int:
     """Prompt tokens a sequence may still put in the current step.
 

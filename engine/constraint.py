@@ -176,6 +176,13 @@ class Guide:
         if not self.matcher.consume_token(token):
             raise GenerationError(f"the output constraint failed: {self.matcher.get_error()}")
 
+    def forced(self, limit: int) -> list[int]:
+        """At most ``limit`` tokens the grammar allows as the only continuation from here (a schema's
+        keys, ``", "``, closing brackets), without advancing past them: a draft that is certain.
+        Empty where the grammar leaves a choice."""
+        tokens: list[int] = self.matcher.compute_ff_tokens()
+        return tokens[:limit] if len(tokens) > limit else tokens
+
     @property
     def complete(self) -> bool:
         """Nothing more may follow: the generation is over."""

@@ -21,6 +21,7 @@ from engine.handle import RequestHandle
 from engine.limits import auto_slot_context
 from engine.llama import CELL_TYPES, DETERMINISTIC, FAST, Context, Model, Shape
 from engine.scheduler import AbortAll, Cancel, Probe, Scheduler, Sequence, Submit
+from engine.speculation import OFF, SpecConfig
 from engine.types import GenerationRequest
 
 log = logging.getLogger("tokenspout.engine")
@@ -43,6 +44,7 @@ class EngineConfig(msgspec.Struct, frozen=True):
     step_target_ms: float = 100.0  # and only as many as fit in a step of about this long
     max_concurrent_requests: int = 128
     cache_ram_mib: int = 256  # host RAM for saved sequence states (the prompt cache); 0: none
+    spec: SpecConfig = OFF  # speculative decoding by prompt lookup and grammar-forced tokens (opt-in)
 
     @property
     def shape(self) -> Shape:
@@ -65,6 +67,9 @@ class EngineStats(msgspec.Struct, frozen=True):
     # reuse are not counted: a new request can take them.
     kv_cells_running: int
     kv_cells_total: int
+    # Speculation: draft tokens decoded to be verified, and those the model agreed with
+    draft_tokens: int = 0
+    draft_tokens_accepted: int = 0
 
 
 # Weight types (llama.cpp file types) for which --deterministic was checked bit-identical on CPU
@@ -125,12 +130,16 @@ class Engine:
         self.grammars = Grammars(self.model)
         self.model_id = self.model.path.stem  # what clients see in /v1/models, as llama-server does
         self.model_type = self.model.description
+        self.spec = config.spec
+        if self.spec.enabled and self.model.recurrent:
+            self.spec = OFF
         self._scheduler = Scheduler(
             self.context,
             config.n_parallel,
             config.prefill_chunk,
             config.step_target_ms / 1000,
             cache_ram_bytes=config.cache_ram_mib << 20,
+            spec=self.spec,
         )
         self._admitted = 0
         self._ids = itertools.count(1)
@@ -178,6 +187,20 @@ class Engine:
     def describe_determinism(self) -> str:
         """One line for the start-up log: what --deterministic guarantees for this model."""
         return determinism_note(self.config.deterministic, self.model.weight_type)
+
+    def describe_speculation(self) -> str:
+        """One line for the start-up log: what speculative decoding does here."""
+        spec = self.spec
+        if not spec.enabled:
+            why = "turned off (--no-spec)" if not self.config.spec.enabled else "off: this model's state"
+            if self.config.spec.enabled:
+                why += " cannot drop rejected draft tokens (recurrent or hybrid model)"
+            return f"speculative decoding: {why}"
+        return (
+            f"speculative decoding: on; drafts from prompt lookup ({spec.ngram_min}- to "
+            f"{spec.ngram_max}-token suffixes) and grammar-forced tokens, up to {spec.draft_max} tokens a "
+            f"step per sequence, verified in the batch (lossless; adaptive per sequence)"
+        )
 
     @property
     def n_ctx_slot(self) -> int:
@@ -244,6 +267,8 @@ class Engine:
             prompt_cache_entries=len(s.ram.entries),
             kv_cells_running=sum(seq.n_cached for seq in running),
             kv_cells_total=self.context.n_ctx,
+            draft_tokens=s.draft_tokens,
+            draft_tokens_accepted=s.draft_accepted,
         )
 
     async def kv_cells(self) -> KvCells:

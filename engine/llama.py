@@ -78,6 +78,9 @@ class Model:
         self.n_head: int = C.llama_model_n_head(self.ptr)
         self.n_head_kv: int = C.llama_model_n_head_kv(self.ptr)
         self.n_embd: int = C.llama_model_n_embd(self.ptr)
+        # A recurrent (or hybrid) model's state holds no cell per token: its last tokens cannot be
+        # removed alone, as rejecting a speculative draft needs.
+        self.recurrent = bool(C.llama_model_is_recurrent(self.ptr) or C.llama_model_is_hybrid(self.ptr))
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._special_pieces: list[bytes | None] = [None] * self.n_vocab
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -450,6 +453,16 @@ class Batch:
         self.wants_logits[i + n - 1] = last_logits
         self.size = i + n
         return i + n - 1
+
+    def add_draft(self, tokens: list[int], start: int, seq_id: int) -> None:
+        """Append draft tokens at positions ``start..``, every one with its logits: each row's
+        logits are what verification samples the token after it from."""
+        i, n = self.size, len(tokens)
+        self.tokens[i : i + n] = tokens
+        self.positions[i : i + n] = np.arange(start, start + n, dtype=np.int32)
+        self.seq_ids[i : i + n, 0] = seq_id
+        self.wants_logits[i : i + n] = 1
+        self.size = i + n
 
     def seal(self) -> None:
         self.struct.n_tokens = self.size

@@ -20,13 +20,14 @@ from concurrent.futures import Future
 
 import msgspec
 
-from engine.batching import chunk_budget, plan_prefill, prefill_left, track_cost
+from engine.batching import chunk_budget, draft_room, plan_prefill, prefill_left, track_cost
 from engine.constraint import Guide
 from engine.errors import GenerationError
 from engine.handle import RequestHandle, deliver
 from engine.llama import Context
 from engine.prompt_cache import RamCache, SlotView, place
 from engine.sampling import Sampler, log_softmax, top_tokens
+from engine.speculation import OFF, PromptLookup, SpecConfig, Throttle, share_rows
 from engine.text import TextStream
 from engine.types import (
     ErrorEvent,
@@ -42,6 +43,8 @@ from engine.types import (
 
 log = logging.getLogger("tokenspout.scheduler")
 
+_NO_DRAFT: list[int] = []  # shared, never written: a step without a draft allocates nothing
+
 
 class Sequence:
     """Scheduler-side state of one request. Created on the event loop, then touched only here."""
@@ -50,9 +53,12 @@ class Sequence:
         "admitted",
         "cancelled",
         "decoded",
+        "draft",
         "first_token",
+        "forced",
         "guide",
         "handle",
+        "lookup",
         "n_cached",
         "n_generated",
         "n_reused",
@@ -65,6 +71,7 @@ class Sequence:
         "step_tokens",
         "submitted",
         "text",
+        "throttle",
     )
 
     def __init__(self, request: GenerationRequest, handle: RequestHandle, guide: Guide | None = None) -> None:
@@ -81,6 +88,12 @@ class Sequence:
         self.row = -1  # batch row whose logits to sample this step, -1 for none
         self.step_tokens = 0  # tokens this sequence put in the current batch
         self.sampler: Sampler | None = None
+        # Speculation: the tokens guessed to follow next_token, decoded beside it this step (and
+        # whether the grammar forced them, rather than prompt lookup guessing them)
+        self.draft: list[int] = _NO_DRAFT
+        self.forced = False
+        self.lookup: PromptLookup | None = None  # made on the first decode step, when speculating
+        self.throttle: Throttle | None = None
         self.text = TextStream(request.stop)
         self.cancelled = False
         self.submitted = time.perf_counter()
@@ -127,8 +140,10 @@ class Scheduler:
         prefill_chunk: int,
         step_target_seconds: float,
         cache_ram_bytes: int = 0,
+        spec: SpecConfig = OFF,
     ) -> None:
         self.context = context
+        self.spec = spec
         self.model = context.model
         self.prefill_chunk = prefill_chunk
         self.step_target_seconds = step_target_seconds
@@ -147,6 +162,9 @@ class Scheduler:
         self.prompt_tokens_cached = 0
         self.prompt_tokens_computed = 0
         self.steps = 0
+        self.draft_tokens = 0  # draft tokens decoded for verification
+        self.draft_accepted = 0  # ... of which the model agreed with (each one a token gained)
+        self._prompt_rows = 0  # prompt tokens in the current step's batch
         self._outbox: list[tuple[RequestHandle, Event]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -235,6 +253,8 @@ class Scheduler:
             self.slots[seq.slot] = seq
             seq.admitted = time.perf_counter()
             seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
+            if self.spec.enabled:
+                seq.throttle = Throttle(self.spec)
             self.running.append(seq)
 
     def _release(self, seq: Sequence) -> None:
@@ -246,6 +266,7 @@ class Scheduler:
             seq.sampler.close()
             seq.sampler = None
         seq.guide = None
+        seq.lookup = None
 
     def _step(self) -> None:
         batch = self._fill_batch()
@@ -255,7 +276,7 @@ class Scheduler:
         self._flush()
         started = time.perf_counter()
         code = self.context.decode()
-        if self.context.batch.size > len(batch):  # prompt tokens in it: a step the cost model is for
+        if self._prompt_rows:  # prompt tokens in it: a step the cost model is for
             self._measure(batch, time.perf_counter() - started)
         if code != 0:
             # Admission keeps every request within its slot's cells, so this is llama.cpp failing
@@ -266,18 +287,24 @@ class Scheduler:
             return
         self.steps += 1
         for seq in batch:
-            if seq.prefilled:  # it decoded the token it sampled last step
+            if seq.prefilled:  # it decoded the token it sampled last step (and maybe a draft after it)
                 seq.decoded.append(seq.next_token)
-            seq.n_cached += seq.step_tokens
-            if seq.row >= 0:
-                self._sample(seq)
+                seq.n_cached += 1
+                if seq.draft:
+                    self._verify(seq)
+                else:
+                    self._sample(seq)
+            else:
+                seq.n_cached += seq.step_tokens
+                if seq.row >= 0:
+                    self._sample(seq)
 
     def _measure(self, batch: list[Sequence], seconds: float) -> None:
-        """Learn what a prompt token costs from the steps the budget is for: decode plus prefill."""
-        n_tokens = sum(seq.step_tokens for seq in batch)
-        decoding = any(seq.prefilled and seq.step_tokens == 1 for seq in batch)
-        if decoding and n_tokens > len(batch):
-            self.seconds_per_prompt_token = track_cost(self.seconds_per_prompt_token, seconds / n_tokens)
+        """Learn what a prompt token costs from the steps the budget is for: decode plus prefill
+        (draft rows count as the prompt-like rows they are)."""
+        if self.context.batch.size > self._prompt_rows:  # someone was decoding beside the prompts
+            cost = seconds / self.context.batch.size
+            self.seconds_per_prompt_token = track_cost(self.seconds_per_prompt_token, cost)
 
     def _fill_batch(self) -> list[Sequence]:
         """Write this step's tokens into the batch buffer; returns the sequences in it, by slot.
@@ -286,16 +313,21 @@ class Scheduler:
         cuts a batch into micro-batches of consecutive slots (one KV stream each) in the order they
         come, so slot order keeps a step to as few micro-batches as possible (one, when all decode).
         """
+        n_decoding = sum(seq.prefilled for seq in self.running)
+        if n_decoding and self.spec.enabled:
+            n_decoding += self._plan_drafts()
         prefilling = [seq for seq in self.running if not seq.prefilled]
         if prefilling:
-            self._plan_prefill(prefilling)
+            self._plan_prefill(prefilling, n_decoding)
         buffer = self.context.batch
         buffer.clear()
         members: list[Sequence] = []
         for seq in filter(None, self.slots):
             if seq.prefilled:
                 seq.row = buffer.add(seq.next_token, seq.n_cached, seq.slot, True)
-                seq.step_tokens = 1
+                if seq.draft:  # verification rows: like prompt rows, but each with its logits
+                    buffer.add_draft(seq.draft, seq.n_cached + 1, seq.slot)
+                seq.step_tokens = 1 + len(seq.draft)
             elif seq.step_tokens:
                 stop = seq.n_cached + seq.step_tokens
                 complete = stop == len(seq.prompt)
@@ -304,14 +336,16 @@ class Scheduler:
             else:
                 continue
             members.append(seq)
+        self._prompt_rows = buffer.size - n_decoding
         buffer.seal()
         return members
 
-    def _plan_prefill(self, prefilling: list[Sequence]) -> None:
-        """Set ``step_tokens`` of each prompt being prefilled, oldest first, within this step's budget."""
+    def _plan_prefill(self, prefilling: list[Sequence], n_decoding: int) -> None:
+        """Set ``step_tokens`` of each prompt being prefilled, oldest first, within this step's budget
+        (what ``n_decoding`` rows of decoding and drafts leave of it)."""
         first = prefilling[0]
         budget = chunk_budget(
-            len(self.running) - len(prefilling),
+            n_decoding,
             self.context.batch.capacity,
             self.prefill_chunk,
             self.seconds_per_prompt_token,
@@ -322,33 +356,104 @@ class Scheduler:
         for seq, take in zip(prefilling, plan, strict=True):
             seq.step_tokens = take
 
-    def _sample(self, seq: Sequence) -> None:
+    # -- speculation (policy in engine/speculation.py; this only carries it out) -------------------
+    def _plan_drafts(self) -> int:
+        """Set ``draft`` of each decoding sequence for this step; returns the draft rows in all.
+
+        What the grammar forces comes first (it is certain); otherwise prompt lookup, as long as its
+        throttle allows. No draft reaches past ``max_tokens``: its tokens could never be emitted (and
+        ``submit`` checked that the prompt and ``max_tokens`` fit the slot, so neither can its cells).
+        """
+        decoding = [seq for seq in self.running if seq.prefilled]
+        wanted: list[list[int]] = []
+        for seq in decoding:
+            draft = _NO_DRAFT
+            limit = min(seq.request.max_tokens - seq.n_generated - 1, self.spec.draft_max)
+            seq.forced = False
+            if limit > 0 and seq.guide is not None:
+                draft = seq.guide.forced(limit)
+                seq.forced = bool(draft)
+            if not draft and seq.throttle is not None:
+                allowed = min(seq.throttle.allowance(len(decoding)), limit)
+                if allowed > 0:
+                    if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
+                        history = (*seq.prompt, *seq.decoded, seq.next_token)
+                        seq.lookup = PromptLookup(history, self.spec.ngram_min, self.spec.ngram_max)
+                    draft = seq.lookup.draft(allowed)
+            wanted.append(draft)
+        room = draft_room(
+            len(decoding),
+            self.context.batch.capacity,
+            self.seconds_per_prompt_token,
+            self.step_target_seconds,
+        )
+        total = 0
+        granted = share_rows([len(d) for d in wanted], room)
+        for seq, draft, take in zip(decoding, wanted, granted, strict=True):
+            seq.draft = draft[:take] if take < len(draft) else draft
+            total += take
+        return total
+
+    def _verify(self, seq: Sequence) -> None:
+        """Sample the rows of ``next_token`` and its draft in order, emitting each token as the plain
+        loop would (same sampler calls, same grammar steps, same stop checks), while the sample equals
+        the draft token decoded after it; the first that differs is the correction, emitted in its
+        place. If all agree, the last row gives one more token. Cells of rejected draft tokens are
+        removed, so that ``n_cached`` and ``decoded`` say exactly what the slot holds."""
+        draft, seq.draft = seq.draft, _NO_DRAFT
+        accepted = 0
+        for expected in draft:
+            if self._sample(seq) != expected:  # a correction, or the sequence ended (-1)
+                break
+            seq.decoded.append(expected)  # its cell, decoded this step, is where the plain loop has it
+            seq.n_cached += 1
+            seq.row += 1
+            accepted += 1
+        else:
+            self._sample(seq)
+        self.draft_tokens += len(draft)
+        self.draft_accepted += accepted
+        if seq.throttle is not None and not seq.forced:
+            seq.throttle.record(len(draft), accepted)
+        if accepted < len(draft) and seq.slot >= 0:  # still running (parking trims an ended one)
+            try:
+                self.context.keep(seq.slot, seq.n_cached)
+            except RuntimeError as exc:
+                self._fail(seq, GenerationError(f"rejected draft cells could not be removed: {exc}"))
+
+    def _sample(self, seq: Sequence) -> int:
+        """Sample row ``seq.row`` and emit the token; returns it, or -1 if the sequence ended."""
         request = seq.request
         try:
             token, logprob, top = self._pick(seq)
         except GenerationError as exc:
             self._fail(seq, exc)
-            return
+            return -1
         seq.n_generated += 1
         if seq.n_generated == 1:
             seq.first_token = time.perf_counter()
         if token in self.model.eog and not request.ignore_eos:
             self._finish(seq, TokenEvent(token, seq.text.flush(), logprob, True, top), FinishReason.EOS)
-            return
+            return -1
         piece = self.model.special_piece(token) if request.special_text else self.model.piece(token)
         text = seq.text.push(piece)
         if seq.text.stopped:
             last = TokenEvent(token, text, logprob, False, top)
             self._finish(seq, last, FinishReason.STOP_SEQUENCE, seq.text.matched)
-        elif seq.guide is not None and seq.guide.complete:  # the grammar allows nothing more: done
+            return -1
+        if seq.guide is not None and seq.guide.complete:  # the grammar allows nothing more: done
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.EOS)
-        elif seq.n_generated >= request.max_tokens:  # submit() made sure max_tokens fits the slot
+            return -1
+        if seq.n_generated >= request.max_tokens:  # submit() made sure max_tokens fits the slot
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.LENGTH)
-        else:
-            self._emit(seq, TokenEvent(token, text, logprob, False, top))
-            seq.next_token = token
+            return -1
+        self._emit(seq, TokenEvent(token, text, logprob, False, top))
+        seq.next_token = token
+        if seq.lookup is not None:
+            seq.lookup.append(token)
+        return token
 
     def _pick(self, seq: Sequence) -> tuple[int, float | None, tuple[TopLogprob, ...] | None]:
         """Sample the next token, within the grammar if there is one; with the model's own (unmasked)

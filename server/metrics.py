@@ -134,6 +134,16 @@ class Metrics(Collector):
         yield _counter(
             "tokenspout_prompt_tokens_computed", "Prompt tokens prefilled", stats.prompt_tokens_computed
         )
+        yield _counter(
+            "tokenspout_spec_draft_tokens",
+            "Speculative draft tokens decoded for verification",
+            stats.draft_tokens,
+        )
+        yield _counter(
+            "tokenspout_spec_accepted_tokens",
+            "Speculative draft tokens the model agreed with (tokens gained)",
+            stats.draft_tokens_accepted,
+        )
         yield GaugeMetricFamily(
             "tokenspout_prompt_cache_bytes",
             "Host RAM held by the prompt cache's saved sequence states",

@@ -13,6 +13,7 @@ import msgspec
 import uvicorn
 
 from engine import Engine, EngineConfig
+from engine.speculation import SpecConfig
 from server.app import create_app
 from server.read_timeout import protocol_with_read_timeout
 from server.state import ServerSettings
@@ -35,6 +36,11 @@ class ServeOptions(msgspec.Struct, frozen=True):
     batch_size: int
     ubatch_size: int | None
     step_target_ms: float
+    spec: bool
+    spec_draft_max: int
+    spec_ngram_min: int
+    spec_ngram_max: int
+    spec_row_cost: float
     api_key: str | None
     max_input_tokens: int | None
     max_total_tokens: int | None
@@ -66,6 +72,14 @@ def run(o: ServeOptions) -> int:
                 step_target_ms=o.step_target_ms,
                 max_concurrent_requests=o.max_concurrent_requests,
                 cache_ram_mib=o.cache_ram,
+                spec=SpecConfig(
+                    enabled=o.spec,
+                    ngram_min=o.spec_ngram_min,
+                    ngram_max=o.spec_ngram_max,
+                    draft_max=o.spec_draft_max,
+                    draft_start=min(SpecConfig().draft_start, o.spec_draft_max),
+                    row_cost=o.spec_row_cost,
+                ),
             )
         )
     except RuntimeError as exc:
@@ -84,6 +98,7 @@ def run(o: ServeOptions) -> int:
     app = create_app(engine, settings)
     log.info("%s", engine.describe_context())
     log.info("%s", engine.describe_determinism())
+    log.info("%s", engine.describe_speculation())
     log.info("prompt cache: free slots keep their KV; %d MiB of host RAM for saved states", o.cache_ram)
     log.info("tool format: %s", app.state.services.tools.describe())
     log.info("serving %s on http://%s:%d", engine.model_id, o.host, o.port)

@@ -1,0 +1,222 @@
+"""Speculative decoding: tokenspout with and without it, and llama-server with each of its n-gram
+drafters, on three workloads, 1 and 4 streams, rounds interleaved (``just bench --only spec``).
+
+(a) editing: an 80-line source file in the prompt, "rewrite it with one name changed" (the answer
+copies the prompt); (b) a tool call whose arguments quote the request (a named tool: constrained);
+(c) free prose. Every request is greedy, read by the ordinary parsing client. Each target answers one
+request of each workload before the rounds, so that every prompt is in its prompt cache and the
+figures measure decoding, as a conversation's later turns see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bench.client import parsed_stream
+from bench.server import llama_server_binary, serving, serving_llama_server
+
+SOURCE = '''\
+"""A small inventory: items, stock levels and orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Item:
+    sku: str
+    name: str
+    price_cents: int
+    stock: int = 0
+
+
+@dataclass
+class Order:
+    number: int
+    lines: list[tuple[str, int]] = field(default_factory=list)
+
+    def add(self, sku: str, quantity: int) -> None:
+        if quantity <= 0:
+            raise ValueError("quantity must be positive")
+        self.lines.append((sku, quantity))
+
+
+class Inventory:
+    def __init__(self) -> None:
+        self.items: dict[str, Item] = {}
+        self.orders: list[Order] = []
+
+    def register(self, item: Item) -> None:
+        if item.sku in self.items:
+            raise KeyError(f"duplicate sku {item.sku}")
+        self.items[item.sku] = item
+
+    def restock(self, sku: str, quantity: int) -> int:
+        item = self.items[sku]
+        item.stock += quantity
+        return item.stock
+
+    def total_price(self, order: Order) -> int:
+        total = 0
+        for sku, quantity in order.lines:
+            total += self.items[sku].price_cents * quantity
+        return total
+
+    def can_fulfil(self, order: Order) -> bool:
+        for sku, quantity in order.lines:
+            if self.items[sku].stock < quantity:
+                return False
+        return True
+
+    def fulfil(self, order: Order) -> int:
+        if not self.can_fulfil(order):
+            raise RuntimeError(f"order {order.number} cannot be fulfilled")
+        for sku, quantity in order.lines:
+            self.items[sku].stock -= quantity
+        self.orders.append(order)
+        return self.total_price(order)
+
+    def low_stock(self, threshold: int = 5) -> list[Item]:
+        return [item for item in self.items.values() if item.stock < threshold]
+
+    def report(self) -> str:
+        lines = []
+        for item in sorted(self.items.values(), key=lambda i: i.sku):
+            lines.append(f"{item.sku:8} {item.name:20} {item.stock:5} {item.price_cents / 100:8.2f}")
+        lines.append(f"{len(self.orders)} orders fulfilled")
+        return "\\n".join(lines)
+
+
+def demo() -> None:
+    inventory = Inventory()
+    inventory.register(Item("A-1", "bolt", 25, 100))
+    inventory.register(Item("B-2", "nut", 10, 3))
+    order = Order(1)
+    order.add("A-1", 4)
+    order.add("B-2", 2)
+    print(inventory.fulfil(order))
+    print(inventory.report())
+'''
+
+EMAIL = (
+    "Hi Sam, the quarterly review moves to Thursday at 10:00 in room 4B. Please bring the updated "
+    "sales figures for the northern region, the draft budget for next year and the notes from the "
+    "supplier meeting. Lunch will be provided. If you cannot attend, send your slides to Maria by "
+    "Wednesday evening so she can present them for you."
+)
+
+SEND_EMAIL = {
+    "type": "function",
+    "function": {
+        "name": "send_email",
+        "description": "Send an email.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "to": {"type": "string", "maxLength": 60},
+                "subject": {"type": "string", "maxLength": 80},
+                "body": {"type": "string", "maxLength": 600},
+            },
+            "required": ["to", "subject", "body"],
+        },
+    },
+}
+
+
+def workloads(n_tokens: int) -> dict[str, dict[str, Any]]:
+    """The request body of each workload (chat completions, greedy)."""
+    edit = (
+        f"Here is a Python module:\n\n```python\n{SOURCE}```\n\nRewrite the whole module with the class "
+        "`Inventory` renamed to `Warehouse`. Answer with the complete code only."
+    )
+    tool = (
+        f"Send this email to sam@example.com with the subject 'Quarterly review', word for word:\n\n{EMAIL}"
+    )
+    prose = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+    return {
+        "editing": {"messages": [{"role": "user", "content": edit}], "max_tokens": 2 * n_tokens},
+        "tool call": {
+            "messages": [{"role": "user", "content": tool}],
+            "tools": [SEND_EMAIL],
+            "tool_choice": {"type": "function", "function": {"name": "send_email"}},
+            "max_tokens": n_tokens,
+        },
+        "prose": {"messages": [{"role": "user", "content": prose}], "max_tokens": n_tokens},
+    }
+
+
+async def _rate(url: str, body: dict[str, Any], n_streams: int) -> tuple[float, int]:
+    """Aggregate completion tokens/s of ``n_streams`` concurrent streams, first request sent to last
+    token received; and the tokens in all."""
+    request = {**body, "temperature": 0, "model": "m"}
+    results = await asyncio.gather(
+        *(parsed_stream(url, "/v1/chat/completions", request) for _ in range(n_streams))
+    )
+    tokens = sum(r.tokens for r in results)
+    return tokens / (max(r.last for r in results) - min(r.sent for r in results)), tokens
+
+
+LLAMA_SPEC_TYPES = ("none", "ngram-simple", "ngram-map-k", "ngram-mod")
+
+
+def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequence[int] = (1, 4)) -> None:
+    loads = workloads(n_tokens)
+    rates: dict[tuple[str, str, int], list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        common = ["--threads", str(threads), "--parallel", "4"]
+        targets: list[tuple[str, str]] = []
+        for name, flags in (("tokenspout plain", ["--no-spec"]), ("tokenspout spec", ["--spec"])):
+            _, url = stack.enter_context(serving(model, [*common, *flags]))
+            targets.append((name, url))
+        if binary := llama_server_binary():
+            for kind in LLAMA_SPEC_TYPES:
+                flags = ["-t", str(threads), "-np", "4", "-c", "8192", "--jinja", "--spec-type", kind]
+                _, url = stack.enter_context(serving_llama_server(binary, model, flags))
+                targets.append((f"llama-server {kind}", url))
+        else:
+            print("(llama-server is not built: `just llama-server` builds it for this comparison)")
+        for _, url in targets:  # every prompt into every prompt cache
+            for body in loads.values():
+                asyncio.run(_rate(url, body, 1))
+        for round_ in range(1, rounds + 1):
+            line = [f"round {round_}:"]
+            for load, body in loads.items():
+                for n in streams:
+                    for name, url in targets[:: 1 if round_ % 2 else -1]:  # drift favours nobody
+                        rate, _ = asyncio.run(_rate(url, body, n))
+                        rates.setdefault((name, load, n), []).append(rate)
+                    last_plain = rates[("tokenspout plain", load, n)][-1]
+                    last_spec = rates[("tokenspout spec", load, n)][-1]
+                    line.append(f"{load} {n}x {last_spec / last_plain:.2f} (plain {last_plain:.0f} tok/s) |")
+            print(" ".join(line), flush=True)
+    print("\nmedians of per-round ratios (same run, rounds interleaved):")
+    goals = {"editing": 2.0, "tool call": 1.5, "prose": 0.98}
+    for load in loads:
+        for n in streams:
+            plain = rates[("tokenspout plain", load, n)]
+            spec = rates[("tokenspout spec", load, n)]
+            ratio = _median_ratio(spec, plain)
+            goal = goals[load] if n == 1 else 1.0
+            summary = f"{load:9} {n} stream(s): tokenspout spec / plain {ratio:.3f} (goal >= {goal})"
+            theirs = {name: rates[(name, load, n)] for name, _ in targets if name.startswith("llama")}
+            if theirs:
+                best = max(theirs, key=lambda name: statistics.median(theirs[name]))
+                spread = ", ".join(
+                    f"{name.removeprefix('llama-server ')} {_median_ratio(r, plain):.2f}"
+                    for name, r in theirs.items()
+                )
+                summary += (
+                    f"; llama-server / our plain: {spread}; spec / llama-server best ({best}): "
+                    f"{_median_ratio(spec, theirs[best]):.3f}"
+                )
+            print(summary)
+    print()
+
+
+def _median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))

@@ -1,0 +1,187 @@
+"""Speculative decoding's pure parts: where a draft comes from, and how long it may be.
+
+A draft is a guess at the tokens that follow a sequence's next token. The scheduler decodes the guess
+in the same ``llama_decode`` as everything else and keeps the part the model agrees with (see
+``Scheduler._verify``); nothing here touches llama.cpp, so all of it is tested without a model.
+
+- :class:`PromptLookup` guesses by prompt lookup (n-grams): the sequence's last few tokens are looked
+  up in its own prompt and output, and the tokens that followed their latest earlier occurrence are
+  the draft. It costs a few dict operations per token, and copies what a request quotes (a file being
+  rewritten, tool arguments repeating the question) at the model's own speed of verification.
+- :class:`Throttle` decides per sequence how many tokens to draft: the length follows the recent
+  acceptance and what a row costs (more when other sequences share the step), and drafting pauses,
+  longer each time, while drafts do not pay, so free prose pays almost nothing for it.
+- :func:`share_rows` fits the step's drafts into the rows a step may carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+
+class SpecConfig(msgspec.Struct, frozen=True):
+    """Prompt-lookup speculation, per sequence. Defaults chosen by ``just bench --only spec``."""
+
+    enabled: bool = True
+    ngram_min: int = 2  # shortest suffix looked up: shorter ones match too much in prose
+    ngram_max: int = 4  # longest suffix looked up first: the more it matches, the better the guess
+    draft_max: int = 16  # most draft tokens per sequence and step
+    draft_start: int = 4  # draft length of a new sequence (then doubled or halved by acceptance)
+    patience: int = 2  # drafts in a row with nothing accepted before drafting pauses
+    # One more row's cost relative to a decode step of one sequence: what a draft token must be worth.
+    # 0.6 measured on this CPU (2 cores, the default model); near 0 where rows are almost free (GPUs).
+    row_cost: float = 0.6
+    pause_max: int = 256  # longest pause, in steps (pauses double from 4 while drafts keep failing)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError("the n-gram sizes must satisfy 1 <= ngram_min <= ngram_max")
+        if self.draft_max < 1 or not 1 <= self.draft_start <= self.draft_max:
+            raise ValueError("the draft lengths must satisfy 1 <= draft_start <= draft_max")
+        if not 0.0 <= self.row_cost <= 1.0:
+            raise ValueError("row_cost must be between 0 and 1")
+
+
+OFF = SpecConfig(enabled=False)
+
+_FIRST_PAUSE = 4
+
+
+class PromptLookup:
+    """Drafts by prompt lookup: the continuation of the latest earlier occurrence of the history's last
+    ``n`` tokens, longest ``n`` first.
+
+    One table per ``n`` maps each n-gram to where its latest occurrence ended (the index of the token
+    after it). The table lags the history by one token, so every entry has a continuation of at least
+    one token and the history's own suffix is never its own match.
+    """
+
+    __slots__ = ("_sizes", "_tables", "tokens")
+
+    def __init__(self, tokens: Sequence[int], ngram_min: int, ngram_max: int) -> None:
+        self.tokens = list(tokens)
+        self._sizes = tuple(range(ngram_max, ngram_min - 1, -1))  # longest first
+        head = self.tokens[:-1]  # the lag: n-grams whose continuation starts at an existing token
+        self._tables: list[dict[tuple[int, ...], int]] = [
+            # zip builds all n-grams at C speed (stopping at the shortest slice, the last n-gram);
+            # a later occurrence overwrites an earlier one
+            {gram: end for end, gram in enumerate(zip(*(head[i:] for i in range(n)), strict=False), start=n)}
+            for n in self._sizes
+        ]
+
+    def append(self, token: int) -> None:
+        """One more token of output (the history's new last token)."""
+        tokens = self.tokens
+        end = len(tokens)  # the n-grams ending at the old last token now have a continuation
+        tokens.append(token)
+        for n, table in zip(self._sizes, self._tables, strict=True):
+            if end >= n:
+                table[tuple(tokens[end - n : end])] = end
+
+    def draft(self, limit: int) -> list[int]:
+        """At most ``limit`` tokens guessed to follow the history; empty when nothing matches."""
+        tokens = self.tokens
+        size = len(tokens)
+        for n, table in zip(self._sizes, self._tables, strict=True):
+            if size >= n:
+                start = table.get(tuple(tokens[size - n :]))
+                if start is not None:
+                    return tokens[start : start + limit]
+        return []
+
+
+class Throttle:
+    """How many tokens one sequence drafts next step: its recent drafts decide.
+
+    ``length`` doubles after a draft accepted whole (a copied span tends to go on) and halves after one
+    less than half accepted (between 1 and ``draft_max``, from ``draft_start``). ``patience`` drafts in
+    a row with nothing accepted pause drafting for a number of steps that doubles each time it happens
+    again (up to ``pause_max``), reset once a draft is accepted in part: a sequence writing prose soon
+    drafts almost never.
+
+    Beside other sequences a draft row costs nearly a whole row of the step (:func:`row_value`), so
+    there a sequence drafts only while its recent yield (draft tokens accepted per draft token, decayed
+    counts from a prior of 0.8) pays for that. The yield is measured, not modelled: n-gram drafts are
+    often wrong at once (a match in the wrong place) and then right for long (a copy goes on), which
+    no per-token acceptance rate describes.
+    """
+
+    __slots__ = ("_accepted", "_config", "_drafted", "_misses", "_next_pause", "_paused", "length")
+
+    def __init__(self, config: SpecConfig) -> None:
+        self._config = config
+        self.length = config.draft_start
+        self._accepted, self._drafted = _PRIOR_ACCEPTED, _PRIOR_DRAFTED
+        self._misses = 0
+        self._paused = 0  # steps left without a draft
+        self._next_pause = _FIRST_PAUSE
+
+    @property
+    def yield_(self) -> float:
+        """Recent draft tokens accepted per draft token decoded."""
+        return self._accepted / self._drafted
+
+    def allowance(self, n_decoding: int = 1) -> int:
+        """Draft tokens allowed this step with ``n_decoding`` sequences decoding (0 while paused).
+        Call once per step the sequence decodes."""
+        if self._paused:
+            self._paused -= 1
+            return 0
+        if n_decoding > 1 and self.yield_ < row_value(self._config.row_cost, n_decoding):
+            return 0
+        return self.length
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """The outcome of a draft of ``drafted`` tokens of which the first ``accepted`` were right."""
+        config = self._config
+        keep = _DECAY**drafted  # older drafts weigh less, per token drafted since
+        self._accepted = self._accepted * keep + accepted
+        self._drafted = self._drafted * keep + drafted
+        if accepted == drafted:
+            self.length = min(self.length * 2, config.draft_max)
+        elif 2 * accepted < drafted:
+            self.length = max(self.length // 2, 1)
+        if accepted:
+            self._misses = 0
+            self._next_pause = _FIRST_PAUSE
+            return
+        self._misses += 1
+        if self._misses >= config.patience:
+            self._misses = 0
+            self._paused = self._next_pause
+            self._next_pause = min(self._next_pause * 2, config.pause_max)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused > 0
+
+
+_PRIOR_ACCEPTED, _PRIOR_DRAFTED = 8.0, 10.0  # a yield of 0.8 until drafts say otherwise
+_DECAY = 0.98  # per draft token: about the last 50 draft tokens decide
+
+
+def row_value(row_cost: float, n_decoding: int) -> float:
+    """Tokens a draft row must gain on average to pay for itself, with ``n_decoding`` sequences decoding.
+
+    ``row_cost``: one more row's cost relative to a decode step of one sequence. A step of ``n`` rows
+    costs about ``1 + row_cost * (n - 1)`` and yields ``n`` tokens: a draft row must gain at least
+    ``n`` tokens per that time, times its own cost. Alone that is ``row_cost``; batched it approaches
+    1, as every row's cost approaches the marginal one.
+    """
+    return row_cost * n_decoding / (1.0 + row_cost * (n_decoding - 1))
+
+
+def share_rows(wanted: Sequence[int], room: int) -> list[int]:
+    """Cut the draft lengths ``wanted`` (one per decoding sequence, in batch order) so that together
+    they take at most ``room`` rows: each in turn gets at most an equal share of what is left, so a
+    long draft never crowds out the others' shorter ones."""
+    granted = [0] * len(wanted)
+    order = sorted(range(len(wanted)), key=wanted.__getitem__)  # shortest first: they leave the rest
+    left = max(room, 0)
+    for i, index in enumerate(order):
+        share = left // (len(order) - i)
+        granted[index] = take = min(wanted[index], share)
+        left -= take
+    return granted

@@ -1,0 +1,135 @@
+"""Speculation's pure parts (engine/speculation.py): prompt lookup, the per-sequence throttle, and
+how a step's rows are shared among drafts. No model: these are plain functions of their inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.batching import draft_room
+from engine.speculation import PromptLookup, SpecConfig, Throttle, row_value, share_rows
+
+
+def test_lookup_drafts_what_followed_the_latest_earlier_occurrence_of_the_suffix() -> None:
+    #            0  1  2  3  4  5  6  7  8  9
+    history = [1, 2, 3, 4, 5, 9, 2, 3, 7, 2, 3]
+    lookup = PromptLookup(history, 2, 3)
+    # suffix (2, 3): latest earlier occurrence ends at index 8 -> continuation 7, 2, 3
+    assert lookup.draft(2) == [7, 2]
+    assert lookup.draft(10) == [7, 2, 3]  # never past the history's end
+    lookup.append(4)  # suffix (2, 3, 4) now matches the prompt's first occurrence, the longest size first
+    assert lookup.draft(3) == [5, 9, 2]
+
+
+def test_lookup_never_matches_the_suffix_with_itself_and_finds_nothing_new() -> None:
+    lookup = PromptLookup([5, 6, 7], 2, 2)
+    assert lookup.draft(4) == []  # (6, 7) occurs only as the suffix
+    lookup.append(8)
+    assert lookup.draft(4) == []
+    lookup.append(6)
+    lookup.append(7)
+    assert lookup.draft(4) == [8, 6, 7]  # (6, 7) now occurred before, followed by 8
+
+
+def test_lookup_prefers_the_longest_suffix_and_falls_back_to_shorter_ones() -> None:
+    # (3, 4) last followed by 9 at the end; (2, 3, 4) only at the start, followed by 5
+    history = [2, 3, 4, 5, 3, 4, 9, 2, 3, 4]
+    assert PromptLookup(history, 2, 3).draft(1) == [5]
+    assert PromptLookup(history, 2, 2).draft(1) == [9]
+    assert PromptLookup([1, 2, 8, 2], 1, 3).draft(2) == [8, 2]  # only the 1-token suffix (2) matches
+
+
+def test_lookup_appending_equals_indexing_the_whole_history_at_once() -> None:
+    history = [7, 1, 2, 7, 1, 3, 1, 2, 7, 1, 2, 2, 7]
+    for split in range(1, len(history)):
+        grown = PromptLookup(history[:split], 1, 3)
+        for token in history[split:]:
+            grown.append(token)
+        whole = PromptLookup(history, 1, 3)
+        assert grown.draft(5) == whole.draft(5), split
+
+
+def test_the_throttle_doubles_on_full_acceptance_and_halves_on_poor_acceptance() -> None:
+    config = SpecConfig(draft_start=4, draft_max=16)
+    throttle = Throttle(config)
+    assert throttle.allowance() == 4
+    throttle.record(4, 4)
+    assert throttle.allowance() == 8
+    throttle.record(8, 8)
+    throttle.record(16, 16)
+    assert throttle.allowance() == 16  # capped at draft_max
+    throttle.record(16, 10)  # more than half accepted: keeps its length
+    assert throttle.allowance() == 16
+    throttle.record(16, 3)
+    assert throttle.allowance() == 8
+
+
+def test_drafts_that_keep_failing_pause_drafting_longer_each_time() -> None:
+    config = SpecConfig(draft_start=2, patience=2, pause_max=16)
+    throttle = Throttle(config)
+    pauses = []
+    for _ in range(5):
+        while not throttle.paused:
+            throttle.record(throttle.allowance(), 0)
+        steps = 0
+        while throttle.allowance() == 0:
+            steps += 1
+        pauses.append(steps)
+    assert pauses == [4, 8, 16, 16, 16]
+    assert throttle.length == 1  # and what it drafts between pauses is as short as can be
+
+
+def test_an_accepted_draft_resets_the_pauses() -> None:
+    throttle = Throttle(SpecConfig(draft_start=2, patience=1))
+    throttle.record(2, 0)
+    while throttle.allowance() == 0:
+        pass
+    throttle.record(1, 0)  # second failure: a pause of 8
+    while throttle.allowance() == 0:
+        pass
+    throttle.record(1, 1)
+    throttle.record(2, 0)  # a failure after a success pauses for the first, shortest time again
+    steps = 0
+    while throttle.allowance() == 0:
+        steps += 1
+    assert steps == 4
+
+
+def test_share_rows_gives_short_drafts_all_they_want_and_splits_the_rest() -> None:
+    assert share_rows([3, 16, 0, 16], 100) == [3, 16, 0, 16]
+    assert share_rows([3, 16, 0, 16], 20) == [3, 8, 0, 9]  # the later of equals gets the remainder
+    assert sum(share_rows([5, 5, 5], 7)) == 7
+    assert share_rows([4, 4], 0) == [0, 0]
+    assert share_rows([4, 4], -3) == [0, 0]
+    assert share_rows([], 10) == []
+
+
+def test_draft_room_keeps_a_step_near_its_target_once_a_row_cost_is_known() -> None:
+    assert draft_room(4, 512, None, 0.1) == 508  # before any measurement: only the batch bounds it
+    assert draft_room(4, 512, 0.005, 0.1) == 16  # 20 rows fit 100 ms at 5 ms a row
+    assert draft_room(30, 512, 0.005, 0.1) == 0
+    assert draft_room(4, 8, 0.001, 0.1) == 4
+
+
+def test_the_config_refuses_sizes_that_make_no_sense() -> None:
+    with pytest.raises(ValueError):
+        SpecConfig(ngram_min=3, ngram_max=2)
+    with pytest.raises(ValueError):
+        SpecConfig(draft_start=8, draft_max=4)
+    with pytest.raises(ValueError):
+        SpecConfig(ngram_min=0)
+
+
+def test_beside_other_sequences_a_draft_must_yield_more_than_alone() -> None:
+    """A draft row costs ``row_cost`` of a one-row step alone, nearly a whole row of a step beside
+    others: a sequence whose drafts are right 70% of the time drafts alone but not in a batch of 4."""
+    assert row_value(0.6, 1) == pytest.approx(0.6)
+    assert row_value(0.6, 4) == pytest.approx(2.4 / 2.8)
+    assert row_value(0.0, 4) == 0.0  # rows for free (a GPU, say): any yield pays
+    throttle = Throttle(SpecConfig(draft_start=8, draft_max=8))
+    for _ in range(20):
+        throttle.record(8, 5)  # 5 of 8 right, again and again
+    assert 0.6 < throttle.yield_ < 0.7
+    assert throttle.allowance(1) == 8
+    assert throttle.allowance(4) == 0
+    assert not throttle.paused  # not a failure: it drafts again as soon as it decodes alone
+    assert throttle.allowance(1) == 8
