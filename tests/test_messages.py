@@ -157,9 +157,10 @@ def test_invalid_requests_are_400_invalid_request_error_naming_the_field(
 
 
 def test_a_prompt_over_the_context_says_so_with_the_counts(base_url: str) -> None:
+    longest = httpx.get(f"{base_url}/info", timeout=30).json()["max_input_tokens"]
     with pytest.raises(anthropic.BadRequestError) as refused:
-        client(base_url).messages.create(
-            model="claude", max_tokens=5, messages=[{"role": "user", "content": "word " * 12000}]
+        client(base_url).messages.create(  # " word" is one token in the vocabularies under test
+            model="claude", max_tokens=5, messages=[{"role": "user", "content": "word " * (longest + 100)}]
         )
     message = str(refused.value)
     assert "prompt is too long:" in message and "tokens >" in message and "maximum" in message
