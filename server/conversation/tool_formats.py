@@ -87,10 +87,10 @@ def _call_schema(tool: Tool, args_key: str) -> dict[str, Any]:
     }
 
 
-def _one_of_calls(plan: ToolPlan, args_key: str, layout: dict[str, Any] = COMPACT) -> dict[str, Any]:
+def _one_of_calls(plan: ToolPlan, args_key: str) -> dict[str, Any]:
     calls = [_call_schema(t, args_key) for t in plan.callable]
     schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    return {**schema, "x-guidance": layout}
+    return {**schema, "x-guidance": COMPACT}
 
 
 def _calls_array(plan: ToolPlan, args_key: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from engine import (
@@ -22,15 +21,13 @@ from engine import (
     refuse_surely_too_long,
 )
 from server.conversation.plan import ChatPlan
-from server.conversation.prompt import budget, seed, stop_strings
+from server.conversation.prompt import Tokenize, budget, seed, stop_strings
 from server.conversation.reply import Reply, whole
 from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, StopReason, Text
 from server.errors import Problem, openai_body
 from server.openai import wire as w
 from server.sse import DONE, frame
 from server.state import Limits
-
-Tokenize = Callable[[str], list[int]]
 
 
 def finish_reason(reason: FinishReason) -> str:

@@ -17,13 +17,13 @@ from engine import (
     refuse_surely_too_long,
     resolve_max_tokens,
 )
+from server.conversation.prompt import Tokenize
 from server.conversation.tool_formats import COMPACT
 from server.errors import Problem, tgi_body
 from server.sse import frame
 from server.state import Limits
 from server.tgi import wire as w
 
-Tokenize = Callable[[str], list[int]]
 TokenizeTail = Callable[[str, int], list[int]]  # (text, n): the last n tokens of the text
 
 MAX_TOP_N_TOKENS = 5
