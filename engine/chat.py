@@ -40,6 +40,7 @@ class ChatMessage(msgspec.Struct, frozen=True):
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning_content: str | None = None  # an assistant turn's thought (Qwen3's templates read it)
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -70,6 +71,8 @@ def _message(m: ChatMessage) -> dict[str, Any]:
         out["tool_call_id"] = m.tool_call_id
     if m.name is not None:
         out["name"] = m.name
+    if m.reasoning_content is not None:
+        out["reasoning_content"] = m.reasoning_content
     return out
 
 
@@ -87,8 +90,11 @@ class ChatTemplate:
         messages: tuple[ChatMessage, ...],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
+        """``extra``: more variables (``enable_thinking``); they cannot replace the ones set here."""
         context: dict[str, Any] = {
+            **(extra or {}),
             "messages": [_message(m) for m in messages],
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self._bos,

@@ -77,14 +77,13 @@ class RequestHandle:
         tokens: list[TokenEvent] = []
         try:
             if isinstance(first, FinishEvent):
-                return Completion(text=first.token.text, tokens=(first.token,), finish=first)
+                return _completion([first.token], first)
             if first is not None:
                 tokens.append(first)
             async for event in self:
                 if isinstance(event, FinishEvent):
                     tokens.append(event.token)
-                    text = "".join([t.text for t in tokens])
-                    return Completion(text=text, tokens=tuple(tokens), finish=event)
+                    return _completion(tokens, event)
                 tokens.append(event)
         finally:
             self.cancel()
@@ -94,6 +93,14 @@ class RequestHandle:
         if not self._finished:
             self._finished = True
             self._on_end(self)
+
+
+def _completion(tokens: list[TokenEvent], finish: FinishEvent) -> Completion:
+    if not finish.usage.reasoning_tokens:
+        return Completion("".join([t.text for t in tokens]), tuple(tokens), finish)
+    answer = "".join([t.text for t in tokens if not t.reasoning])
+    thought = "".join([t.text for t in tokens if t.reasoning])
+    return Completion(answer, tuple(tokens), finish, thought)
 
 
 def deliver(batch: list[tuple[RequestHandle, Event]]) -> None:

@@ -149,6 +149,10 @@ class Model:
             cached = self._pieces[token] = self._render(token, special=False)
         return cached
 
+    def blank(self, token: int) -> bool:
+        """Whether the token is whitespace only (a special token never is)."""
+        return not self.special_piece(token).strip()
+
     def special_piece(self, token: int) -> bytes:
         """Like :meth:`piece`, but special tokens render as their text (``<|python_tag|>``). Cached."""
         cached = self._special_pieces[token]

@@ -34,6 +34,12 @@ class Sampler:
             return int(logits.argmax())
         return int(C.llama_sampler_sample(self._chain, ctx, row))
 
+    def accept(self, token: int) -> None:
+        """A token chosen without sampling (a thought closed by its budget): stages that remember
+        the output (penalties) must still see it."""
+        if self._chain is not None:
+            C.llama_sampler_accept(self._chain, token)
+
     def close(self) -> None:
         if self._chain:
             C.llama_sampler_free(self._chain)  # frees every stage with it

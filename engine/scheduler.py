@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from engine.batching import chunk_budget, draft_room, plan_prefill, prefill_left, track_cost
 from engine.constraint import Guide
@@ -29,6 +31,7 @@ from engine.prompt_cache import RamCache, SlotView, place
 from engine.sampling import Sampler, log_softmax, top_tokens
 from engine.speculation import OFF, PromptLookup, SpecConfig, Throttle, share_rows
 from engine.text import TextStream
+from engine.thinking import ANSWER, MARKER, Thought
 from engine.types import (
     ErrorEvent,
     Event,
@@ -71,6 +74,7 @@ class Sequence:
         "step_tokens",
         "submitted",
         "text",
+        "thought",
         "throttle",
     )
 
@@ -95,6 +99,7 @@ class Sequence:
         self.lookup: PromptLookup | None = None  # made on the first decode step, when speculating
         self.throttle: Throttle | None = None
         self.text = TextStream(request.stop)
+        self.thought = Thought(request.thinking) if request.thinking is not None else None
         self.cancelled = False
         self.submitted = time.perf_counter()
         self.admitted = self.first_token = 0.0
@@ -370,7 +375,7 @@ class Scheduler:
             draft = _NO_DRAFT
             limit = min(seq.request.max_tokens - seq.n_generated - 1, self.spec.draft_max)
             seq.forced = False
-            if limit > 0 and seq.guide is not None:
+            if limit > 0 and seq.guide is not None and (seq.thought is None or seq.thought.answering):
                 draft = seq.guide.forced(limit)
                 seq.forced = bool(draft)
             if not draft and seq.throttle is not None:
@@ -432,24 +437,31 @@ class Scheduler:
         seq.n_generated += 1
         if seq.n_generated == 1:
             seq.first_token = time.perf_counter()
+        thought = seq.thought
+        part = ANSWER if thought is None or thought.answering else thought.advance(token)
+        reasoning = part != ANSWER
         if token in self.model.eog and not request.ignore_eos:
-            self._finish(seq, TokenEvent(token, seq.text.flush(), logprob, True, top), FinishReason.EOS)
+            last = TokenEvent(token, seq.text.flush(), logprob, True, top, reasoning)
+            self._finish(seq, last, FinishReason.EOS)
             return -1
-        piece = self.model.special_piece(token) if request.special_text else self.model.piece(token)
-        text = seq.text.push(piece)
-        if seq.text.stopped:
-            last = TokenEvent(token, text, logprob, False, top)
-            self._finish(seq, last, FinishReason.STOP_SEQUENCE, seq.text.matched)
-            return -1
+        if part == MARKER:  # shows as nothing; the thought's held-back text goes out with it
+            text = seq.text.flush()
+        else:
+            piece = self.model.special_piece(token) if request.special_text else self.model.piece(token)
+            text = seq.text.push(piece)
+            if seq.text.stopped:
+                last = TokenEvent(token, text, logprob, False, top, reasoning)
+                self._finish(seq, last, FinishReason.STOP_SEQUENCE, seq.text.matched)
+                return -1
         if seq.guide is not None and seq.guide.complete:  # the grammar allows nothing more: done
             last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
             self._finish(seq, last, FinishReason.EOS)
             return -1
         if seq.n_generated >= request.max_tokens:  # submit() made sure max_tokens fits the slot
-            last = TokenEvent(token, text + seq.text.flush(), logprob, False, top)
+            last = TokenEvent(token, text + seq.text.flush(), logprob, False, top, reasoning)
             self._finish(seq, last, FinishReason.LENGTH)
             return -1
-        self._emit(seq, TokenEvent(token, text, logprob, False, top))
+        self._emit(seq, TokenEvent(token, text, logprob, False, top, reasoning))
         seq.next_token = token
         if seq.lookup is not None:
             seq.lookup.append(token)
@@ -458,18 +470,13 @@ class Scheduler:
     def _pick(self, seq: Sequence) -> tuple[int, float | None, tuple[TopLogprob, ...] | None]:
         """Sample the next token, within the grammar if there is one; with the model's own (unmasked)
         log-probabilities when the request asks for them."""
-        assert seq.sampler is not None
-        request, sampler, guide, row = seq.request, seq.sampler, seq.guide, seq.row
-        ctx = self.context.ptr
-        logits = self.context.logits(row)
+        request, thought = seq.request, seq.thought
+        logits = self.context.logits(seq.row)
         everything = log_softmax(logits) if request.logprobs or request.top_logprobs else None
-        if guide is not None and request.sampling.penalized:
-            guide.restrict(logits)  # penalty stages remember what they are shown: mask first
-        token = sampler.sample(ctx, row, logits)
-        if guide is not None:
-            if not guide.allows(token):
-                token = guide.resample(logits, lambda: sampler.sample(ctx, row, logits))
-            guide.accept(token)
+        if thought is None or thought.answering:
+            token = self._draw(seq, logits, seq.guide)
+        else:
+            token = self._draw_in_thought(seq, logits, thought)
         if everything is None:
             return token, None, None
         top = None
@@ -480,10 +487,43 @@ class Scheduler:
             )
         return token, float(everything[token]), top
 
+    def _draw(self, seq: Sequence, logits: npt.NDArray[np.float32], guide: Guide | None) -> int:
+        """Sample a token, within the grammar if there is one."""
+        assert seq.sampler is not None
+        sampler, ctx, row = seq.sampler, self.context.ptr, seq.row
+        if guide is not None and seq.request.sampling.penalized:
+            guide.restrict(logits)  # penalty stages remember what they are shown: mask first
+        token = sampler.sample(ctx, row, logits)
+        if guide is not None:
+            if not guide.allows(token):
+                token = guide.resample(logits, lambda: sampler.sample(ctx, row, logits))
+            guide.accept(token)
+        return token
+
+    def _draw_in_thought(self, seq: Sequence, logits: npt.NDArray[np.float32], thought: Thought) -> int:
+        """Before or inside the thought: the budget may close it, and the grammar (if any) judges
+        only a first token that does not open a thought."""
+        assert seq.sampler is not None
+        sampler, ctx, row, guide = seq.sampler, self.context.ptr, seq.row, seq.guide
+        token = thought.forced()
+        if token >= 0:
+            sampler.accept(token)
+            return token
+        token = sampler.sample(ctx, row, logits)
+        if token in self.model.eog and not seq.request.ignore_eos:
+            closing = thought.instead_of_end_of_turn(guide is not None)
+            return closing if closing >= 0 else token
+        if guide is not None and thought.guided(token):
+            if not guide.allows(token):
+                token = guide.resample(logits, lambda: sampler.sample(ctx, row, logits))
+            guide.accept(token)
+        return token
+
     def _finish(self, seq: Sequence, last: TokenEvent, reason: FinishReason, stop: str | None = None) -> None:
         now = time.perf_counter()
         timing = Timing(seq.admitted - seq.submitted, seq.first_token - seq.submitted, now - seq.submitted)
-        usage = Usage(len(seq.prompt), seq.n_generated, seq.n_reused)
+        thought = seq.thought.tokens if seq.thought is not None else 0
+        usage = Usage(len(seq.prompt), seq.n_generated, seq.n_reused, thought)
         self._emit(seq, FinishEvent(last, reason, usage, timing, stop))
         self.running.remove(seq)
         self._release(seq)

@@ -56,6 +56,19 @@ class Constraint(msgspec.Struct, frozen=True):
     field: str | None = None  # the request field it came from, named in validation errors
 
 
+class Thinking(msgspec.Struct, frozen=True):
+    """The model thinks between two marker tokens before it answers (engine/thinking.py).
+
+    ``opened``: the prompt itself ends inside the thought (DeepSeek-R1 distills end it with
+    ``<think>``); otherwise the model may open one with its first token. ``budget``: tokens of thought
+    before the engine writes the end marker itself, as if the model had; None for no limit."""
+
+    start: int
+    end: int
+    opened: bool = False
+    budget: int | None = None
+
+
 class GenerationRequest(msgspec.Struct, frozen=True):
     prompt_tokens: tuple[int, ...]
     max_tokens: int
@@ -68,6 +81,9 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     # Render special tokens that do not end the generation (``<|python_tag|>``, ``[TOOL_CALLS]``) into
     # the text, for a protocol that parses them; by default they show as nothing.
     special_text: bool = False
+    # Keep a thought apart from the answer: its tokens are marked, its markers show as nothing, the
+    # constraint applies from its end on, and a budget closes it.
+    thinking: Thinking | None = None
 
 
 class TopLogprob(msgspec.Struct, frozen=True, gc=False):
@@ -85,12 +101,14 @@ class TokenEvent(msgspec.Struct, frozen=True, gc=False):
     logprob: float | None = None
     special: bool = False
     top_logprobs: tuple[TopLogprob, ...] | None = None
+    reasoning: bool = False  # the token belongs to the model's thought (a marker, or inside it)
 
 
 class Usage(msgspec.Struct, frozen=True, gc=False):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens whose KV cells came from the prompt cache
+    reasoning_tokens: int = 0  # completion tokens of the thought, its markers included
 
     @property
     def total_tokens(self) -> int:
@@ -126,8 +144,10 @@ Event = TokenEvent | FinishEvent | ErrorEvent
 
 
 class Completion(msgspec.Struct, frozen=True):
-    """A whole generation, as a non-streaming route needs it (``tokens`` includes the final one)."""
+    """A whole generation, as a non-streaming route needs it (``tokens`` includes the final one).
+    ``text`` is the answer; the thought, when the request keeps it apart, is ``reasoning``."""
 
     text: str
     tokens: tuple[TokenEvent, ...]
     finish: FinishEvent
+    reasoning: str = ""

@@ -273,6 +273,23 @@ def main() -> None:
     "/v1/responses/{id}; the least recently used go first. 0 keeps none.",
 )
 @_option(
+    "--reasoning-format",
+    envvar="REASONING_FORMAT",
+    type=click.Choice(["auto", "none"]),
+    default="auto",
+    help="auto: a thinking model's thought (<think>…</think>, found from its chat template) goes apart "
+    "from the answer, as reasoning_content on chat completions, a reasoning item on Responses, a thinking "
+    "block on Messages. none: it stays in the text, as the model wrote it.",
+)
+@_option(
+    "--reasoning-budget",
+    envvar="REASONING_BUDGET",
+    type=click.IntRange(min=-1),
+    default=-1,
+    help="Tokens a thought may take before the server closes it (and the model answers), unless the "
+    "request sets its own budget. -1: no limit; 0: no thinking.",
+)
+@_option(
     "--log-level",
     envvar="LOG_LEVEL",
     default="info",

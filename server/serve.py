@@ -51,6 +51,8 @@ class ServeOptions(msgspec.Struct, frozen=True):
     request_read_timeout: float
     first_token_timeout: float
     responses_store_size: int
+    reasoning_format: str
+    reasoning_budget: int
     log_level: str
 
 
@@ -94,6 +96,8 @@ def run(o: ServeOptions) -> int:
         cors_allow_origins=o.cors_allow_origins,
         first_token_timeout=o.first_token_timeout,
         responses_store_size=o.responses_store_size,
+        reasoning_format=o.reasoning_format,
+        reasoning_budget=None if o.reasoning_budget < 0 else o.reasoning_budget,
     )
     app = create_app(engine, settings)
     log.info("%s", engine.describe_context())
@@ -101,6 +105,7 @@ def run(o: ServeOptions) -> int:
     log.info("%s", engine.describe_speculation())
     log.info("prompt cache: free slots keep their KV; %d MiB of host RAM for saved states", o.cache_ram)
     log.info("tool format: %s", app.state.services.tools.describe())
+    log.info("reasoning: %s", app.state.services.thinking_found)
     log.info("serving %s on http://%s:%d", engine.model_id, o.host, o.port)
     config = uvicorn.Config(
         app,

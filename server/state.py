@@ -9,6 +9,7 @@ from litestar import Request
 from litestar.datastructures import State
 
 from engine import Engine
+from server.conversation.thinking import ModelThinking, find_thinking
 from server.conversation.tool_formats import model_tools
 from server.metrics import Metrics
 
@@ -44,10 +45,12 @@ class ServerSettings(msgspec.Struct, frozen=True):
     cors_allow_origins: tuple[str, ...] = ()
     first_token_timeout: float = 0.0  # 0: a request may wait for its first token as long as it takes
     responses_store_size: int = 1000  # responses kept for previous_response_id (least recently used go)
+    reasoning_format: str = "auto"  # "none": a thought stays in the text
+    reasoning_budget: int | None = None  # tokens of thought unless a request says; None: no limit
 
 
 class Services:
-    __slots__ = ("engine", "limits", "metrics", "settings", "tools")
+    __slots__ = ("engine", "limits", "metrics", "settings", "thinking", "thinking_found", "tools")
 
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
@@ -55,6 +58,12 @@ class Services:
         self.metrics = Metrics(engine)
         # How the model writes tool calls: its template's format, and which markers are tokens.
         self.tools = model_tools(engine.chat_template.source, engine.grammars.special_token)
+        # Where a thinking model writes its thought (None: nowhere, or --reasoning-format none).
+        self.thinking: ModelThinking | None = None
+        self.thinking_found = "off (--reasoning-format none)"
+        if settings.reasoning_format == "auto":
+            template, special = engine.chat_template.source, engine.grammars.special_token
+            self.thinking, self.thinking_found = find_thinking(template, special, settings.reasoning_budget)
         total = min(settings.max_total_tokens or engine.n_ctx_slot, engine.n_ctx_slot)
         max_input = min(settings.max_input_tokens or total - 1, total - 1)
         model = engine.model

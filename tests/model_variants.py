@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import llama_cpp as C
 
 from engine.llama import init_backend
@@ -99,6 +100,36 @@ def with_chat_template(source: Path, template: str, name: str) -> Path:
         )
     finally:
         template_file.unlink(missing_ok=True)
+    return _publish(tmp, final)
+
+
+def with_tokens(source: Path, renamed: dict[int, str], template: str, name: str) -> Path:
+    """A copy of ``source`` in which the tokens ``renamed`` are spelled anew (as user-defined tokens,
+    the type Qwen gives ``<think>`` and ``<tool_call>``) and whose chat template is ``template``: a
+    stand-in for a model whose markers are tokens of their own. The weights stay as they are, so the
+    model does not know what the new spellings mean; tests steer it (logit_bias, grammars)."""
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    change = f"{sorted(renamed.items())}|{template}"
+    final = CACHE / f"{_stamp(source, change)}.{name}.gguf"
+    if final.exists():
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_suffix(f".{os.getpid()}.tmp")
+    reader = gguf.GGUFReader(source)
+    tokens = list(reader.fields[gguf.Keys.Tokenizer.LIST].contents())
+    types = list(reader.fields[gguf.Keys.Tokenizer.TOKEN_TYPE].contents())
+    for token, text in renamed.items():
+        tokens[token], types[token] = text, gguf.TokenType.USER_DEFINED
+    array, string, int32 = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING, gguf.GGUFValueType.INT32
+    changes = {
+        gguf.Keys.Tokenizer.LIST: MetadataDetails(array, tokens, sub_type=string),
+        gguf.Keys.Tokenizer.TOKEN_TYPE: MetadataDetails(array, types, sub_type=int32),
+        gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(string, template),
+    }
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess)
+    copy_with_new_metadata(reader, writer, changes, [])
     return _publish(tmp, final)
 
 

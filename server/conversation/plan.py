@@ -15,6 +15,7 @@ import msgspec
 
 from engine import ChatMessage, Constraint, ValidationError
 from engine.chat import ToolCall
+from server.conversation.thinking import ModelThinking, template_args
 from server.conversation.tool_formats import (
     COMPACT,
     ModelTools,
@@ -24,7 +25,7 @@ from server.conversation.tool_formats import (
     generic_system_prompt,
     template_tools,
 )
-from server.conversation.types import Conversation, Fields, OutputFormat
+from server.conversation.types import Conversation, Fields, OutputFormat, ThinkingChoice
 
 
 class ChatPlan(msgspec.Struct, frozen=True):
@@ -32,6 +33,8 @@ class ChatPlan(msgspec.Struct, frozen=True):
     template_tools: list[dict[str, object]] | None  # ``tools`` for a template that knows them
     tools: ToolPlan | None  # set when the answer may hold tool calls
     constraint: Constraint | None
+    thinking: ThinkingChoice = ThinkingChoice()
+    template_args: dict[str, object] = msgspec.field(default_factory=dict)  # for the chat template
 
     @property
     def special_text(self) -> bool:
@@ -72,6 +75,7 @@ def history(conv: Conversation, fmt: ToolFormat) -> list[ChatMessage]:
             name = turn.name or names.get(call)
             out.append(ChatMessage("tool", turn.text, tool_call_id=ident(call), name=name))
             continue
+        thought = turn.reasoning if turn.role == "assistant" else None
         calls = tuple(ToolCall(ident(c.id), c.name, c.arguments) for c in turn.tool_calls)
         if calls and fmt is ToolFormat.GENERIC:
             # A template without tool support sees the calls as the JSON it is asked to write.
@@ -81,7 +85,7 @@ def history(conv: Conversation, fmt: ToolFormat) -> list[ChatMessage]:
             )
             out.append(ChatMessage(turn.role, f"{turn.text}\n{text}" if turn.text else text, name=turn.name))
             continue
-        out.append(ChatMessage(turn.role, turn.text, calls, name=turn.name))
+        out.append(ChatMessage(turn.role, turn.text, calls, name=turn.name, reasoning_content=thought))
     return out
 
 
@@ -115,18 +119,19 @@ def _tool_plan(conv: Conversation, fmt: ToolFormat) -> ToolPlan | None:
     return ToolPlan(fmt, conv.tools, required=required, named=choice.name, parallel=choice.parallel)
 
 
-def plan(conv: Conversation, markers: ModelTools) -> ChatPlan:
+def plan(conv: Conversation, markers: ModelTools, thinking: ModelThinking | None = None) -> ChatPlan:
     fmt = markers.format
     tools = _tool_plan(conv, fmt)
     messages = history(conv, fmt)
+    think = conv.thinking, template_args(thinking, conv.thinking, conv.template_args)
     if tools is None:
-        return ChatPlan(tuple(messages), None, None, output_constraint(conv.output, conv.fields))
+        return ChatPlan(tuple(messages), None, None, output_constraint(conv.output, conv.fields), *think)
     if fmt is not ToolFormat.GENERIC:
-        return ChatPlan(tuple(messages), template_tools(tools), tools, constraint(tools, markers))
+        return ChatPlan(tuple(messages), template_tools(tools), tools, constraint(tools, markers), *think)
     prompt = generic_system_prompt(tools)
     if messages[0].role == "system":
         first = messages[0]
         messages[0] = ChatMessage("system", f"{first.content}\n\n{prompt}", name=first.name)
     else:
         messages.insert(0, ChatMessage("system", prompt))
-    return ChatPlan(tuple(messages), None, tools, constraint(tools, markers))
+    return ChatPlan(tuple(messages), None, tools, constraint(tools, markers), *think)

@@ -10,7 +10,9 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from engine import ValidationError, refuse_surely_too_long, resolve_max_tokens
+from engine.types import Thinking
 from server.conversation.plan import ChatPlan
+from server.conversation.thinking import engine_thinking
 from server.state import Limits, Services
 
 Tokenize = Callable[[str], list[int]]
@@ -23,7 +25,7 @@ def tokens(text: str, tokenize: Tokenize, limits: Limits, field: str) -> list[in
 
 
 def render(s: Services, plan: ChatPlan, field: str) -> list[int]:
-    text = s.engine.chat_template.render(plan.messages, tools=plan.template_tools)
+    text = s.engine.chat_template.render(plan.messages, tools=plan.template_tools, extra=plan.template_args)
     return tokens(text, lambda t: s.engine.tokenize(t, add_special=False), s.limits, field)
 
 
@@ -31,6 +33,11 @@ async def prompt(s: Services, plan: ChatPlan, field: str) -> list[int]:
     """The prompt's tokens. Rendering and tokenizing a long prompt takes a while (~0.4 s for 2 MB):
     off the event loop, so that running streams go on meanwhile."""
     return await asyncio.to_thread(render, s, plan, field)
+
+
+def thinking(s: Services, plan: ChatPlan, prompt: list[int]) -> Thinking | None:
+    """How the engine is to keep this request's thought apart (None: there is none to keep)."""
+    return engine_thinking(s.thinking, plan.thinking, prompt, s.engine.model.blank)
 
 
 def budget(n_prompt: int, requested: int | None, limits: Limits, prompt_field: str, field: str) -> int:

@@ -21,6 +21,7 @@ class Turn(msgspec.Struct, frozen=True):
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning: str | None = None  # an assistant turn's thought, as the client sent it back
 
 
 class Tool(msgspec.Struct, frozen=True):
@@ -47,6 +48,14 @@ class OutputFormat(msgspec.Struct, frozen=True):
     schema: dict[str, Any] | None = None
 
 
+class ThinkingChoice(msgspec.Struct, frozen=True):
+    """Whether a thinking model may think, and at most how many tokens (None: the server's
+    ``--reasoning-budget``)."""
+
+    enabled: bool = True
+    budget: int | None = None
+
+
 class Fields(msgspec.Struct, frozen=True):
     """How the protocol names the request fields this layer may refuse, for its error messages."""
 
@@ -63,12 +72,21 @@ class Conversation(msgspec.Struct, frozen=True):
     tool_choice: ToolChoice = ToolChoice()
     output: OutputFormat | None = None
     fields: Fields = Fields()
+    thinking: ThinkingChoice = ThinkingChoice()
+    # more variables for the chat template (vLLM's and llama-server's ``chat_template_kwargs``)
+    template_args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 # -- what the answer becomes (see server/conversation/parser.py) -----------------------------------
 
 
 class Text(msgspec.Struct, frozen=True, gc=False):
+    text: str
+
+
+class Reasoning(msgspec.Struct, frozen=True, gc=False):
+    """Text of the model's thought, kept apart from the answer."""
+
     text: str
 
 
@@ -96,7 +114,7 @@ class CallEnd(msgspec.Struct, frozen=True, gc=False):
     arguments: str
 
 
-Delta = Text | CallStart | CallArguments | CallEnd
+Delta = Text | Reasoning | CallStart | CallArguments | CallEnd
 
 # Why an answer ended, in neutral terms: the model ended its turn, a stop string appeared, the
 # token budget ran out, or the answer is tool calls (the model ended its turn after calling).

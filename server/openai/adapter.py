@@ -16,14 +16,15 @@ from engine import (
     FinishReason,
     GenerationRequest,
     SamplingParams,
+    Thinking,
     TokenEvent,
     ValidationError,
     refuse_surely_too_long,
 )
 from server.conversation.plan import ChatPlan
 from server.conversation.prompt import Tokenize, budget, seed, stop_strings
-from server.conversation.reply import Reply, whole
-from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, StopReason, Text
+from server.conversation.reply import Reply, thought, whole
+from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, Reasoning, StopReason, Text
 from server.errors import Problem, openai_body
 from server.openai import wire as w
 from server.sse import DONE, frame
@@ -76,7 +77,11 @@ def sampling(body: w.SamplingFields, limits: Limits) -> SamplingParams:
 
 
 def chat_request(
-    body: w.ChatCompletionRequest, prompt: list[int], limits: Limits, plan: ChatPlan | None = None
+    body: w.ChatCompletionRequest,
+    prompt: list[int],
+    limits: Limits,
+    plan: ChatPlan | None = None,
+    thinking: Thinking | None = None,
 ) -> GenerationRequest:
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -93,6 +98,7 @@ def chat_request(
         ignore_eos=body.ignore_eos,
         constraint=plan.constraint if plan else None,
         special_text=plan.special_text if plan else False,
+        thinking=thinking,
     )
 
 
@@ -152,8 +158,9 @@ def completion_request(body: w.CompletionRequest, tokenize: Tokenize, limits: Li
 
 def usage(event: FinishEvent) -> w.UsageOut:
     u = event.usage
+    thought = w.CompletionTokensDetails(u.reasoning_tokens) if u.reasoning_tokens else None
     return w.UsageOut(
-        u.prompt_tokens, u.completion_tokens, u.total_tokens, w.PromptTokensDetails(u.cached_tokens)
+        u.prompt_tokens, u.completion_tokens, u.total_tokens, w.PromptTokensDetails(u.cached_tokens), thought
     )
 
 
@@ -236,7 +243,7 @@ class ChatStream(_Stream[w.ChunkChoice]):
         """The frames for one token, or None when it shows nothing new."""
         logprobs = w.ChoiceLogprobs([_token_logprob(event)]) if self._logprobs else None
         if self._reply.parsing:
-            return self._parsed(self._reply.push(event.text), logprobs)
+            return self._parsed(self._reply.push(event.text, event.reasoning), logprobs)
         if self._role_sent and not event.text and not self._logprobs:
             return None
         return self._delta(w.Delta(content=event.text), logprobs)
@@ -246,6 +253,8 @@ class ChatStream(_Stream[w.ChunkChoice]):
         for d in deltas:
             if isinstance(d, Text):
                 frames.append(self._delta(w.Delta(content=d.text), logprobs))
+            elif isinstance(d, Reasoning):
+                frames.append(self._delta(w.Delta(reasoning_content=d.text, reasoning=d.text), logprobs))
             elif isinstance(d, CallEnd):  # OpenAI's chunks have no end of a call
                 continue
             else:
@@ -271,8 +280,11 @@ def chat_completion(
 ) -> w.ChatCompletion:
     choice_logprobs = w.ChoiceLogprobs([_token_logprob(t) for t in result.tokens]) if logprobs else None
     reply = reply or Reply(None)
-    content, calls = whole(reply, result.text)
+    content, calls = whole(reply, result.text, result.reasoning)
     message = w.AssistantMessage(content)
+    reasoning = thought(result.reasoning)
+    if reasoning is not None:
+        message.reasoning_content = message.reasoning = reasoning
     if calls:
         message.content = content if content.strip() else None
         message.tool_calls = [w.ToolCallOut(c.id, w.FunctionCallOut(c.name, c.arguments)) for c in calls]

@@ -8,7 +8,8 @@ from typing import Any
 
 from engine import ValidationError
 from engine.chat import ToolCall
-from server.conversation.types import Conversation, OutputFormat, Tool, ToolChoice, Turn
+from server.conversation.thinking import effort_budget
+from server.conversation.types import Conversation, OutputFormat, ThinkingChoice, Tool, ToolChoice, Turn
 from server.openai import wire as w
 
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -98,9 +99,37 @@ def turns(body: w.ChatCompletionRequest) -> tuple[Turn, ...]:
         )
         # OpenAI's developer messages are the system prompt of newer models: templates know "system".
         role = "system" if m.role == "developer" else m.role
-        out.append(Turn(role, content, calls, name=m.name))
+        thought = m.reasoning_content if m.reasoning_content is not None else m.reasoning
+        out.append(Turn(role, content, calls, name=m.name, reasoning=thought))
     return tuple(out)
 
 
+def thinking(body: w.ChatCompletionRequest) -> ThinkingChoice:
+    """``reasoning_effort``, or ``chat_template_kwargs.enable_thinking``; they must not disagree."""
+    choice = effort_budget(body.reasoning_effort, "reasoning_effort")
+    enable = (body.chat_template_kwargs or {}).get("enable_thinking")
+    if enable is None:
+        return choice or ThinkingChoice()
+    if not isinstance(enable, bool):
+        raise ValidationError(
+            "`chat_template_kwargs.enable_thinking` must be true or false",
+            "chat_template_kwargs.enable_thinking",
+        )
+    if choice is not None and choice.enabled != enable:
+        raise ValidationError(
+            f"`reasoning_effort` {body.reasoning_effort!r} contradicts "
+            "`chat_template_kwargs.enable_thinking`",
+            "reasoning_effort",
+        )
+    return choice or ThinkingChoice(enabled=enable)
+
+
 def conversation(body: w.ChatCompletionRequest) -> Conversation:
-    return Conversation(turns(body), tools(body), tool_choice(body), output_format(body))
+    return Conversation(
+        turns(body),
+        tools(body),
+        tool_choice(body),
+        output_format(body),
+        thinking=thinking(body),
+        template_args=dict(body.chat_template_kwargs or {}),
+    )

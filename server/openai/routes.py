@@ -10,6 +10,7 @@ from litestar.response import Stream
 
 from server.conversation.plan import plan
 from server.conversation.prompt import prompt as chat_prompt
+from server.conversation.prompt import thinking
 from server.conversation.reply import Reply
 from server.errors import ModelNotFound
 from server.generation import count_request, sse_response, stream, whole
@@ -26,11 +27,12 @@ async def chat_completions(
     """Chat completion; with ``stream: true``, ``chat.completion.chunk`` events over SSE."""
     s, body = services(request), data
     count_request(request, s.metrics)
-    chat = plan(conversation(body), s.tools)
+    chat = plan(conversation(body), s.tools, s.thinking)
     prompt = await chat_prompt(s, chat, "messages")
-    handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits, chat))
+    thought = thinking(s, chat, prompt)
+    handle = s.engine.submit(adapt.chat_request(body, prompt, s.limits, chat, thought))
     model = body.model or s.engine.model_id
-    reply = Reply(chat.tools)
+    reply = Reply(chat.tools, thinking=thought is not None)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         encoder = adapt.ChatStream(model, include_usage=usage, logprobs=body.logprobs, reply=reply)

@@ -5,7 +5,7 @@ Unknown request fields are ignored, as OpenAI-compatible servers do, so tools th
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -40,6 +40,9 @@ class ChatMessageIn(Struct):
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # assistant turns
     tool_call_id: str | None = None  # tool results
+    # an assistant turn's thought, as this server sent it (llama-server's and vLLM's names)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class FunctionDef(Struct):
@@ -117,6 +120,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    # how long a thinking model may think: "none", "minimal", "low", "medium", "high" (see README)
+    reasoning_effort: str | None = None
+    # more variables for the chat template, as vLLM and llama-server take them ({"enable_thinking": false})
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
@@ -136,11 +143,16 @@ class PromptTokensDetails(Struct):
     cached_tokens: int  # prompt tokens served from the prompt cache
 
 
-class UsageOut(Struct):
+class CompletionTokensDetails(Struct):
+    reasoning_tokens: int  # tokens of the thought, its markers included
+
+
+class UsageOut(Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None  # for a thinking model's answers
 
 
 class TopLogprobOut(Struct):
@@ -179,6 +191,9 @@ class Delta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    # a thought's text, under both names clients read (llama-server's and vLLM's)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChunkChoice(Struct):
@@ -214,6 +229,9 @@ class AssistantMessage(Struct):
     # Absent (not null or []) when there are none, as OpenAI sends it.
     tool_calls: list[ToolCallOut] | UnsetType = UNSET
     refusal: str | None = None  # required (nullable) in OpenAI's schema; this server never refuses
+    # a thinking model's thought (absent when there was none), under both names clients read
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET
 
 
 class ChatChoice(Struct):
