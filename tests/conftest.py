@@ -76,3 +76,38 @@ def qwen_url(start_server: ServerFactory) -> Iterator[str]:
     agent-protocol tests (Responses, Messages), which check the same flows on a real tool model."""
     with start_server("--model", str(ensure_model(QWEN_CODER)), "--parallel", "2") as url:
         yield url
+
+
+# Thinking models: the default model's weights under real thinking templates, with tokens renamed so
+# that the markers are tokens of their own, as in Qwen3's vocabulary (tests/model_variants.py). The
+# model does not know them: tests steer it with logit_bias and budgets.
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = 11, 12, 13, 14
+THINKING_TOKENS = {
+    THINK: "<think>",
+    END_THINK: "</think>",
+    TOOL_CALL: "<tool_call>",
+    END_TOOL_CALL: "</tool_call>",
+}
+
+
+def thinking_model(model_path: str, template: str) -> Path:
+    from tests.model_variants import with_tokens
+
+    text = (TEMPLATES / f"{template}.jinja").read_text()
+    return with_tokens(Path(model_path), THINKING_TOKENS, text, template)
+
+
+@pytest.fixture(scope="session")
+def qwen3_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    """Qwen3's template: the model opens its thought itself; ``enable_thinking: false`` closes it in
+    the prompt; tool calls are Hermes ``<tool_call>`` tokens."""
+    with start_server("--model", str(thinking_model(model_path, "qwen3"))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def r1_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    """A DeepSeek-R1 distill's template: the prompt opens the thought, so the output starts inside it."""
+    with start_server("--model", str(thinking_model(model_path, "deepseek-r1-distill-qwen"))) as url:
+        yield url
