@@ -80,7 +80,8 @@ def qwen_url(start_server: ServerFactory) -> Iterator[str]:
 
 # Thinking models: the default model's weights under real thinking templates, with tokens renamed so
 # that the markers are tokens of their own, as in Qwen3's vocabulary (tests/model_variants.py). The
-# model does not know them: tests steer it with logit_bias and budgets.
+# model does not know them: tests steer it with logit_bias, and both servers close a thought after 12
+# tokens unless the request sets its own budget.
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = 11, 12, 13, 14
 THINKING_TOKENS = {
@@ -102,12 +103,13 @@ def thinking_model(model_path: str, template: str) -> Path:
 def qwen3_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
     """Qwen3's template: the model opens its thought itself; ``enable_thinking: false`` closes it in
     the prompt; tool calls are Hermes ``<tool_call>`` tokens."""
-    with start_server("--model", str(thinking_model(model_path, "qwen3"))) as url:
+    with start_server("--model", str(thinking_model(model_path, "qwen3")), "--reasoning-budget", "12") as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def r1_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
     """A DeepSeek-R1 distill's template: the prompt opens the thought, so the output starts inside it."""
-    with start_server("--model", str(thinking_model(model_path, "deepseek-r1-distill-qwen"))) as url:
+    model = thinking_model(model_path, "deepseek-r1-distill-qwen")
+    with start_server("--model", str(model), "--reasoning-budget", "12") as url:
         yield url

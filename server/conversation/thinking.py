@@ -17,14 +17,14 @@ import msgspec
 
 from engine import ValidationError
 from engine.types import Thinking
-from server.conversation.types import ThinkingChoice
+from server.conversation.types import UNLIMITED, ThinkingChoice
 
 # (opening, closing) markers of the thought, as templates spell them
 MARKERS = (("<think>", "</think>"), ("<seed:think>", "</seed:think>"))
 
 # Budgets of ``reasoning_effort`` (chat) and ``reasoning.effort`` (Responses), in tokens of thought;
-# None: no limit beyond max_tokens. "none" switches thinking off.
-EFFORT_BUDGETS: dict[str, int | None] = {"minimal": 256, "low": 1024, "medium": 4096, "high": None}
+# UNLIMITED: no limit beyond max_tokens. "none" switches thinking off.
+EFFORT_BUDGETS: dict[str, int] = {"minimal": 256, "low": 1024, "medium": 4096, "high": UNLIMITED}
 
 
 class ModelThinking(msgspec.Struct, frozen=True):
@@ -101,6 +101,8 @@ def engine_thinking(
     if end is PromptEnd.CLOSED:
         return None
     budget = (choice.budget if choice.budget is not None else model.default_budget) if choice.enabled else 0
+    if budget == UNLIMITED:
+        budget = None
     return Thinking(model.start, model.end, opened=end is PromptEnd.OPEN, budget=budget)
 
 

@@ -50,10 +50,13 @@ class OutputFormat(msgspec.Struct, frozen=True):
 
 class ThinkingChoice(msgspec.Struct, frozen=True):
     """Whether a thinking model may think, and at most how many tokens (None: the server's
-    ``--reasoning-budget``)."""
+    ``--reasoning-budget``; ``UNLIMITED``: no limit but max_tokens)."""
 
     enabled: bool = True
     budget: int | None = None
+
+
+UNLIMITED = -1
 
 
 class Fields(msgspec.Struct, frozen=True):
