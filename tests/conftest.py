@@ -113,3 +113,10 @@ def r1_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
     model = thinking_model(model_path, "deepseek-r1-distill-qwen")
     with start_server("--model", str(model), "--reasoning-budget", "12") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def qwq_url(model_path: str, start_server: ServerFactory) -> Iterator[str]:
+    """QwQ's template: the prompt opens the thought, and tool calls are Hermes ``<tool_call>`` tokens."""
+    with start_server("--model", str(thinking_model(model_path, "qwq")), "--reasoning-budget", "12") as url:
+        yield url
