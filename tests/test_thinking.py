@@ -44,9 +44,11 @@ def sdk(url: str) -> openai.OpenAI:
 
 
 def stream_chat(url: str, **body: Any) -> openai.Stream[ChatCompletionChunk]:
-    return sdk(url).chat.completions.create(
-        model="m", messages=body.pop("messages", ASK), stream=True, **body
+    messages = body.pop("messages", ASK)
+    stream: openai.Stream[ChatCompletionChunk] = sdk(url).chat.completions.create(
+        model="m", messages=messages, stream=True, **body
     )
+    return stream
 
 
 def chat(url: str, **body: Any) -> Any:
