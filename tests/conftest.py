@@ -15,6 +15,8 @@ from bench.server import running_server
 from engine.engine import DETERMINISTIC_WEIGHTS
 from engine.llama import Model
 from models import QWEN_CODER, ensure_model
+from tests import model_variants
+from tests.model_variants import THINKING_TOKENS, thinking_model
 
 
 @pytest.fixture(scope="session")
@@ -82,21 +84,8 @@ def qwen_url(start_server: ServerFactory) -> Iterator[str]:
 # that the markers are tokens of their own, as in Qwen3's vocabulary (tests/model_variants.py). The
 # model does not know them: tests steer it with logit_bias, and both servers close a thought after 12
 # tokens unless the request sets its own budget.
-TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
-THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = 11, 12, 13, 14
-THINKING_TOKENS = {
-    THINK: "<think>",
-    END_THINK: "</think>",
-    TOOL_CALL: "<tool_call>",
-    END_TOOL_CALL: "</tool_call>",
-}
-
-
-def thinking_model(model_path: str, template: str) -> Path:
-    from tests.model_variants import with_tokens
-
-    text = (TEMPLATES / f"{template}.jinja").read_text()
-    return with_tokens(Path(model_path), THINKING_TOKENS, text, template)
+THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = sorted(THINKING_TOKENS)
+TEMPLATES = model_variants.TEMPLATES
 
 
 @pytest.fixture(scope="session")

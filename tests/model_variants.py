@@ -133,6 +133,19 @@ def with_tokens(source: Path, renamed: dict[int, str], template: str, name: str)
     return _publish(tmp, final)
 
 
+# Thinking models: tokens of the default model's vocabulary (unused control tokens) renamed to be the
+# markers, so that they are tokens of their own, as in Qwen3's vocabulary.
+THINKING_TOKENS = {11: "<think>", 12: "</think>", 13: "<tool_call>", 14: "</tool_call>"}
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+
+def thinking_model(source: Path | str, template: str) -> Path:
+    """``source`` under the real chat template ``fixtures/chat_templates/<template>.jinja``, with
+    the thought and tool-call markers as tokens (THINKING_TOKENS)."""
+    text = (TEMPLATES / f"{template}.jinja").read_text()
+    return with_tokens(Path(source), THINKING_TOKENS, text, template)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("ftype", nargs="?", default="Q4_K_M", choices=sorted(FTYPES))

@@ -26,7 +26,8 @@ from server.conversation.reply import Reply
 from server.conversation.thinking import PromptEnd, ThoughtText, effort_budget, find_thinking, prompt_end
 from server.conversation.tool_formats import ToolFormat, ToolPlan
 from server.conversation.types import CallStart, Reasoning, Text, Tool
-from tests.conftest import TEMPLATES, THINK, TOOL_CALL, ServerFactory, thinking_model
+from tests.conftest import TEMPLATES, THINK, TOOL_CALL, ServerFactory
+from tests.model_variants import thinking_model
 
 NO_END_OF_TURN = {"2": -100}  # <|im_end|>: the model may not end its turn inside the thought
 ASK: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
