@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import constrained, conversation, overload, protocols, spec, stall
+from bench import constrained, conversation, overload, protocols, spec, stall, thinking
 from bench.bare import PROMPT
 from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
 from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
 from models import QWEN_CODER, ensure_model
 
-SECTIONS = ("decode", "constraint", "prefill", "conversation", "overload", "protocols", "spec")
+SECTIONS = ("decode", "constraint", "prefill", "conversation", "thinking", "overload", "protocols", "spec")
 
 
 def bare(model: str, threads: int, *args: str) -> dict[str, float]:
@@ -175,6 +175,7 @@ def main() -> None:
         "constraint": lambda: constraint(model, args.threads, args.rounds, args.tokens),
         "prefill": lambda: prefill(model, args.threads, args.rounds),
         "conversation": lambda: agent(model, args.threads),
+        "thinking": lambda: thinking.report(model, args.threads, args.rounds),
         "overload": lambda: backpressure(model, args.threads),
         "protocols": lambda: agent_protocols(model, args.threads, args.rounds, args.tokens),
         "spec": lambda: spec.report(model, args.threads, args.rounds, args.tokens),

@@ -50,14 +50,15 @@ class Turn(msgspec.Struct):
     cached_tokens: int
 
 
-def agent_conversation(base_url: str, n_turns: int = 6) -> list[Turn]:
-    """Time to first token of each turn of a streamed chat behind a ~2,100-token system prompt."""
+def agent_conversation(base_url: str, n_turns: int = 6, extra: dict[str, Any] | None = None) -> list[Turn]:
+    """Time to first token of each turn of a streamed chat behind a ~2,100-token system prompt
+    (``extra``: more request fields). Only the answers go back into the conversation."""
     nonce = uuid.uuid4().hex[:8]  # a fresh conversation: nothing from an earlier run is cached
     messages: list[dict[str, Any]] = [{"role": "system", "content": f"[{nonce}] {tool_catalogue()}"}]
     turns = []
     for i in range(n_turns):
         messages.append({"role": "user", "content": f"Step {i + 1}: which tool reads a directory?"})
-        body = {"messages": messages, "max_tokens": 24, "temperature": 0}
+        body = {"messages": messages, "max_tokens": 24, "temperature": 0, **(extra or {})}
         result, reply = asyncio.run(_chat_turn(base_url, body))
         turns.append(Turn(result[0], result[1], result[2]))
         messages.append({"role": "assistant", "content": reply})
