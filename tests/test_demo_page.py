@@ -1,6 +1,7 @@
 """The demo page at GET /, driven in a real browser (Debian's Chromium through Playwright) against a
 real server: streaming text shows up before the non-streaming answer, Stop frees the server's slot,
-429 and 401 are shown to the user, and the layout holds on a phone-sized screen."""
+429 and 401 are shown to the user, the layout holds on a phone-sized screen, and a thinking model's
+thought is shown apart from its answer."""
 
 from __future__ import annotations
 
@@ -100,13 +101,13 @@ def wait_generation_over(page: Page) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=generate]').disabled", timeout=WAIT_MS)
 
 
-def sse_content(body: str) -> str:
-    """The text of a chat completion stream: its deltas' content, in order."""
+def sse_content(body: str, field: str = "content") -> str:
+    """The text of a chat completion stream: its deltas' ``field`` (content, reasoning_content), in order."""
     text = []
     for line in body.splitlines():
         if line.startswith("data: {"):
             for choice in json.loads(line[6:]).get("choices", []):
-                text.append(choice["delta"].get("content") or "")
+                text.append(choice["delta"].get(field) or "")
     return "".join(text)
 
 
@@ -156,6 +157,8 @@ def test_streaming_text_arrives_before_the_whole_answer(page: Page, base_url: st
     assert text_of(page, "streaming-output") == sse_content(by_mode[True])
     whole = json.loads(by_mode[False])["choices"][0]["message"]["content"]
     assert text_of(page, "non-streaming-output") == whole
+    for pane in ("streaming", "non-streaming"):  # this model does not think: no thought box at all
+        expect(page.get_by_test_id(f"{pane}-thought")).to_be_hidden()
     assert not page.get_by_test_id("non-streaming-waiting").is_visible()
     assert page.get_by_role("button", name="Stop").is_disabled()
     for pane in ("streaming", "non-streaming"):
@@ -195,6 +198,85 @@ def test_json_answer_streams_a_valid_object(page: Page, base_url: str) -> None:
     assert page.evaluate("window.textChanges")["stream"] >= 5
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "demo-page-json.png"), full_page=True)
+
+
+# Records the streaming pane's state each time its thought grows: open or folded, its summary, and how
+# much answer text was on screen then.
+WATCH_THOUGHT = """() => {
+  window.thoughtGrowth = [];
+  const thought = document.querySelector("[data-testid=streaming-thought]");
+  const answer = document.querySelector("[data-testid=streaming-output]");
+  new MutationObserver((records) => {
+    window.thoughtGrowth.push({
+      pieces: records.filter((r) => r.type === "characterData").length,
+      open: thought.open,
+      label: thought.querySelector("summary").textContent,
+      answer: answer.textContent.length,
+    });
+  }).observe(thought, {characterData: true, subtree: true});
+}"""
+
+
+def test_thinking_model_shows_its_thought_apart_from_the_answer(page: Page, r1_url: str) -> None:
+    """On a DeepSeek-R1 distill's template every answer starts with a thought (closed by the server
+    after 12 tokens): each pane shows it greyed and foldable above the answer, built from
+    reasoning_content alone (the server sends the same text in reasoning too), never in the answer."""
+
+    def steer(route: Route) -> None:
+        # The stand-in model does not know its markers and may end inside its thought: ignore_eos
+        # (llama.cpp's extension) makes it think until the budget closes the thought, then answer.
+        body = route.request.post_data_json
+        assert body is not None
+        route.continue_(post_data=json.dumps({**body, "ignore_eos": True}))
+
+    page.route("**/v1/chat/completions", steer)
+    open_demo(page, r1_url, prompt="Say hello in one short sentence.", max_tokens=40)
+    for pane in ("streaming", "non-streaming"):
+        expect(page.get_by_test_id(f"{pane}-thought")).to_be_hidden()  # nothing before a thought comes
+    page.evaluate(RECORD_ANSWERS)
+    page.evaluate(WATCH_THOUGHT)
+    page.get_by_role("button", name="Generate").click()
+    wait_generation_over(page)
+
+    # The streamed thought grew piece by piece, open, before any answer text arrived.
+    growth = page.evaluate("window.thoughtGrowth")
+    assert sum(g["pieces"] for g in growth) >= 3, growth
+    assert growth[0] == {"pieces": growth[0]["pieces"], "open": True, "label": "Thinking…", "answer": 0}
+
+    answers = page.evaluate("Promise.all(window.answers)")
+    by_mode = {a["stream"]: a["text"] for a in answers}
+    message = json.loads(by_mode[False])["choices"][0]["message"]
+    expected = {
+        "streaming": (sse_content(by_mode[True], "reasoning_content"), sse_content(by_mode[True])),
+        "non-streaming": (message["reasoning_content"], message["content"]),
+    }
+    muted = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--muted').trim()")
+    grey = "rgb({}, {}, {})".format(*bytes.fromhex(muted.removeprefix("#")))
+    for pane, (thought_sent, answer_sent) in expected.items():
+        assert text_of(page, f"{pane}-status").startswith("Done"), text_of(page, f"{pane}-status")
+        box, text_box = page.get_by_test_id(f"{pane}-thought"), page.get_by_test_id(f"{pane}-thought-text")
+        output = page.get_by_test_id(f"{pane}-output")
+        thought, answer = text_of(page, f"{pane}-thought-text"), text_of(page, f"{pane}-output")
+        assert thought.strip(), pane
+        assert answer.strip(), pane
+        assert (thought, answer) == (thought_sent, answer_sent), pane  # each read once, from one field
+        assert thought.strip() not in answer
+        # Apart from the answer, greyed, folded once the answer came, opened and folded by its summary.
+        assert box.evaluate("(el) => el.tagName") == "DETAILS"
+        assert not output.evaluate("(out, box) => out.contains(box)", box.element_handle())
+        thought_color = text_box.evaluate("(el) => getComputedStyle(el).color")
+        assert thought_color == grey
+        assert thought_color != output.evaluate("(el) => getComputedStyle(el).color")
+        assert box.locator("summary").text_content() == "Thought"
+        expect(box).to_be_visible()
+        expect(text_box).to_be_hidden()
+        box.locator("summary").click()
+        expect(text_box).to_be_visible()
+        assert box.evaluate("(el) => el.open")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-page-thinking.png"), full_page=True)
+    page.get_by_test_id("streaming-thought").locator("summary").click()
+    expect(page.get_by_test_id("streaming-thought-text")).to_be_hidden()
 
 
 def test_stop_aborts_both_requests_and_frees_the_slot(page: Page, start_server: ServerFactory) -> None:
