@@ -2,12 +2,15 @@
 to ``message_stop`` with ``event:`` lines. Pure: no HTTP and no model.
 
 Content blocks are numbered 0..n in the order they start; a tool call's arguments go out as
-``input_json_delta`` fragments as they are generated. Anthropic counts ``input_tokens`` apart from
-the tokens read from the cache (``cache_read_input_tokens``): their sum is the prompt.
+``input_json_delta`` fragments as they are generated. A thinking model's thought comes first, as a
+``thinking`` block (``thinking_delta`` fragments, then one ``signature_delta``); an empty thought
+gives none. Anthropic counts ``input_tokens`` apart from the tokens read from the cache
+(``cache_read_input_tokens``): their sum is the prompt. ``output_tokens`` counts the thought too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -15,8 +18,8 @@ import msgspec
 
 from engine import Completion, FinishEvent, TokenEvent
 from server.anthropic import wire as w
-from server.conversation.reply import Reply, whole
-from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, StopReason, Text
+from server.conversation.reply import Reply, thought, whole
+from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, Reasoning, StopReason, Text
 from server.errors import Problem, anthropic_body
 from server.sse import ENCODER, named_frame
 
@@ -45,11 +48,25 @@ def _input(arguments: str) -> Any:
         return {}
 
 
-def message_of(model: str, result: Completion, reply: Reply) -> w.Message:
-    """The whole (not streamed) answer."""
-    content, calls = whole(reply, result.text)
+def _signature(digest: hashlib._Hash) -> str:
+    return digest.hexdigest()[:32]
+
+
+def signature(thought: str) -> str:
+    """A thinking block's ``signature``. Anthropic's is an encrypted copy of the thought that its API
+    verifies when the block comes back; ours is only a hash of the text (no secret, nothing checked on
+    the way back): clients need the field, and equal thoughts get equal signatures."""
+    return _signature(hashlib.sha256(thought.encode()))
+
+
+def message_of(model: str, result: Completion, reply: Reply, omit_thought: bool = False) -> w.Message:
+    """The whole (not streamed) answer; ``omit_thought``: its thinking block without the text."""
+    content, calls = whole(reply, result.text, result.reasoning)
     blocks: list[w.ContentOut] = []
-    if content.strip() or not calls:
+    reasoning = thought(result.reasoning)
+    if reasoning:
+        blocks.append(w.ThinkingOut("" if omit_thought else reasoning, signature(reasoning)))
+    if content.strip() or not (calls or blocks):
         blocks.append(w.TextOut(content))
     blocks.extend(w.ToolUseOut(new_id("toolu"), c.name, _input(c.arguments)) for c in calls)
     finish = result.finish
@@ -72,12 +89,16 @@ class MessageStream:
         "_model",
         "_n_prompt",
         "_next",
+        "_omit_thought",
         "_reply",
         "_started",
         "_text_head",
+        "_thought",
+        "_thought_hash",
+        "_thought_head",
     )
 
-    def __init__(self, model: str, n_prompt: int, reply: Reply) -> None:
+    def __init__(self, model: str, n_prompt: int, reply: Reply, omit_thought: bool = False) -> None:
         self._model, self._n_prompt, self._reply = model, n_prompt, reply
         self._started = False
         self._next = 0  # the next content block's index
@@ -85,6 +106,10 @@ class MessageStream:
         self._text_head = b""
         self._calls: dict[int, int] = {}  # the parser's call index -> its block index
         self._held = ""  # whitespace before anything else: dropped if a call comes first
+        self._omit_thought = omit_thought  # ``thinking.display: omitted``: no thinking_delta events
+        self._thought: int | None = None  # the open thinking block, if any
+        self._thought_head = b""
+        self._thought_hash = hashlib.sha256()  # of the thought as shown: its signature
 
     def _start(self, frames: list[bytes]) -> None:
         self._started = True
@@ -115,7 +140,33 @@ class MessageStream:
         if text:
             frames.append(b"%s%s}}\n\n" % (self._text_head, ENCODER.encode(text)))
 
+    def _think(self, text: str, frames: list[bytes]) -> None:
+        """A piece of the thought (never empty: the reply drops what it does not show)."""
+        if self._thought is None:
+            self._thought = self._open(w.ThinkingOut("", ""), frames)
+            # As hot as a text delta while the model thinks: the frame up to the text, built once.
+            self._thought_head = (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+                b'"delta":{"type":"thinking_delta","thinking":' % self._thought
+            )
+        self._thought_hash.update(text.encode())
+        if not self._omit_thought:
+            frames.append(b"%s%s}}\n\n" % (self._thought_head, ENCODER.encode(text)))
+
+    def _end_thought(self, frames: list[bytes]) -> None:
+        """The thinking block's signature, then its end: the answer begins (or the message ends)."""
+        if self._thought is None:
+            return
+        sig = w.ThinkingBlockDelta(self._thought, w.SignatureDelta(_signature(self._thought_hash)))
+        frames.append(named_frame(b"content_block_delta", sig))
+        self._close(self._thought, frames)
+        self._thought = None
+
     def _delta(self, d: Delta, frames: list[bytes]) -> None:
+        if isinstance(d, Reasoning):
+            self._think(d.text, frames)
+            return
+        self._end_thought(frames)
         if isinstance(d, Text):
             self._text(d.text, frames)
         elif isinstance(d, CallStart):
@@ -138,7 +189,7 @@ class MessageStream:
         if not self._started:
             self._start(frames)
         if self._reply.parsing:
-            for d in self._reply.push(text):
+            for d in self._reply.push(text, event.reasoning):
                 self._delta(d, frames)
         else:
             self._text(text, frames)
@@ -149,6 +200,7 @@ class MessageStream:
         frames = [last] if last is not None else []
         for d in self._reply.finish():
             self._delta(d, frames)
+        self._end_thought(frames)  # a thought cut short by max_tokens, with no answer after it
         for index in self._calls.values():  # (the parser ends every call it started)
             self._close(index, frames)
         if self._block is not None:

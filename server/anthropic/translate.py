@@ -6,13 +6,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine import GenerationRequest, SamplingParams, ValidationError
+from engine import GenerationRequest, SamplingParams, Thinking, ValidationError
 from engine.chat import ToolCall
 from server.anthropic import wire as w
 from server.conversation.plan import ChatPlan
 from server.conversation.prompt import seed, stop_strings
 from server.conversation.schema import without_vacuous
-from server.conversation.types import Conversation, Fields, OutputFormat, Tool, ToolChoice, Turn
+from server.conversation.types import (
+    Conversation,
+    Fields,
+    OutputFormat,
+    ThinkingChoice,
+    Tool,
+    ToolChoice,
+    Turn,
+)
 from server.state import Limits
 
 FIELDS = Fields(
@@ -72,6 +80,7 @@ def turns(body: w.CountTokensRequest) -> list[Turn]:
             out.append(Turn(m.role, m.content))  # type: ignore[arg-type]  # checked just above
             continue
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[ToolCall] = []
         for j, b in enumerate(m.content):
             field = f"messages[{i}].content[{j}]"
@@ -88,14 +97,19 @@ def turns(body: w.CountTokensRequest) -> list[Turn]:
                 # A template has no place for is_error: the result says it in words.
                 text = f"Error: {result}" if b.is_error else result
                 out.append(Turn("tool", text, tool_call_id=b.tool_use_id))
+            elif b.type == "thinking" and m.role == "assistant":
+                thoughts.append(b.thinking or "")  # the template may show it again (Qwen3 does)
             elif b.type in ("thinking", "redacted_thinking"):
-                continue  # an earlier turn's thinking: accepted; this model is not shown it
+                # Accepted and dropped: a redacted thought is Anthropic's ciphertext, nothing a model
+                # here can read; a thought in a user turn has no place in any template.
+                continue
             elif b.type in ("tool_use", "tool_result"):
                 raise _refuse(f"`{field}` of type {b.type!r} does not belong to a {m.role} message", field)
             else:
                 raise _unsupported(b.type, f"{field}.type")
         if texts or calls or m.role == "assistant":
-            out.append(Turn(m.role, "".join(texts), tuple(calls)))  # type: ignore[arg-type]
+            thought = "".join(thoughts) or None
+            out.append(Turn(m.role, "".join(texts), tuple(calls), reasoning=thought))  # type: ignore[arg-type]
     return out
 
 
@@ -143,8 +157,56 @@ def output_format(body: w.CountTokensRequest) -> OutputFormat | None:
     return OutputFormat("json_schema", dict(f.schema))
 
 
+def thinking(body: w.CountTokensRequest) -> ThinkingChoice:
+    """``thinking`` as a choice. Absent means no thought, as on Anthropic's API. ``adaptive`` ("the
+    model decides how much") is the server's ``--reasoning-budget``; ``between_tools`` is thinking
+    off (its progress notes between tool calls are Claude's habit, not a thinking model's)."""
+    t = body.thinking
+    if t is None or t.type in ("disabled", "between_tools"):
+        return ThinkingChoice(enabled=False)
+    if t.display not in (None, "summarized", "omitted"):
+        raise _refuse(
+            f"`thinking.display` is {t.display!r}: use 'summarized' or 'omitted'", "thinking.display"
+        )
+    if t.type == "adaptive":
+        return ThinkingChoice()
+    if t.type != "enabled":
+        raise _refuse(
+            f"`thinking.type` is {t.type!r}: use 'enabled', 'disabled', 'adaptive' or 'between_tools'",
+            "thinking.type",
+        )
+    max_tokens = body.max_tokens if isinstance(body, w.MessagesRequest) else None  # count_tokens has none
+    return ThinkingChoice(budget=_budget(t.budget_tokens, max_tokens))
+
+
+def _budget(budget: int | None, max_tokens: int | None) -> int:
+    """``budget_tokens``: required, and below ``max_tokens`` as Anthropic requires (the thought is
+    part of the answer). Anthropic also asks for at least 1,024; a local model's thought may be held
+    to less, so any positive budget is taken."""
+    field = "thinking.budget_tokens"
+    if budget is None:
+        raise _refuse(f"`{field}` is required with type 'enabled'", field)
+    if budget < 1:
+        raise _refuse(f"`{field}` must be at least 1 (this server takes budgets under 1024)", field)
+    if max_tokens is not None and budget >= max_tokens:
+        raise _refuse(f"`max_tokens` must be greater than `{field}` ({max_tokens} <= {budget})", field)
+    return budget
+
+
+def omitted(body: w.CountTokensRequest) -> bool:
+    """``thinking.display: omitted``: the thinking block comes with its signature and no text."""
+    return body.thinking is not None and body.thinking.display == "omitted"
+
+
 def conversation(body: w.CountTokensRequest) -> Conversation:
-    return Conversation(tuple(turns(body)), tools(body), tool_choice(body), output_format(body), FIELDS)
+    return Conversation(
+        tuple(turns(body)),
+        tools(body),
+        tool_choice(body),
+        output_format(body),
+        FIELDS,
+        thinking=thinking(body),
+    )
 
 
 def check_length(n_prompt: int, limits: Limits) -> None:
@@ -165,7 +227,11 @@ def sampling(body: w.MessagesRequest) -> SamplingParams:
 
 
 def generation_request(
-    body: w.MessagesRequest, prompt: list[int], limits: Limits, plan: ChatPlan
+    body: w.MessagesRequest,
+    prompt: list[int],
+    limits: Limits,
+    plan: ChatPlan,
+    thinking: Thinking | None = None,
 ) -> GenerationRequest:
     check_length(len(prompt), limits)
     # Clients send a generous max_tokens (Claude Code: 32000) meaning "at most": the answer gets
@@ -179,4 +245,5 @@ def generation_request(
         ignore_eos=body.ignore_eos,
         constraint=plan.constraint,
         special_text=plan.special_text,
+        thinking=thinking,
     )

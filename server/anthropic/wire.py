@@ -14,11 +14,13 @@ from msgspec import Meta, Struct
 
 
 class Block(Struct):
-    """``text``, ``tool_use``, ``tool_result`` (its ``content`` a string or blocks), ``thinking`` /
-    ``redacted_thinking`` (accepted from earlier turns); ``image`` and ``document`` are refused."""
+    """``text``, ``tool_use``, ``tool_result`` (its ``content`` a string or blocks), ``thinking``
+    (an earlier turn's thought, shown to the template again) and ``redacted_thinking`` (accepted and
+    dropped); ``image`` and ``document`` are refused."""
 
     type: str
     text: str | None = None
+    thinking: str | None = None  # a thinking block's text (its ``signature`` is not checked)
     id: str | None = None
     name: str | None = None
     input: Any = None
@@ -58,6 +60,15 @@ class OutputFormatIn(Struct):
     schema: dict[str, Any] | None = None
 
 
+class ThinkingIn(Struct):
+    """``enabled`` (with ``budget_tokens``), ``disabled``, ``adaptive`` or ``between_tools``; see
+    ``translate.thinking``. ``display``: ``summarized`` (the default here) or ``omitted``."""
+
+    type: str
+    budget_tokens: int | None = None
+    display: str | None = None
+
+
 class CountTokensRequest(Struct, kw_only=True):
     """``/v1/messages/count_tokens``: a Messages body without ``max_tokens``."""
 
@@ -67,7 +78,7 @@ class CountTokensRequest(Struct, kw_only=True):
     tools: list[ToolIn] | None = None
     tool_choice: ToolChoiceIn | None = None
     output_format: OutputFormatIn | None = None
-    thinking: Any = None  # accepted; this model does not think aloud
+    thinking: ThinkingIn | None = None  # absent: no thought, as Anthropic's API does
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):
@@ -96,7 +107,13 @@ class ToolUseOut(Struct, tag_field="type", tag="tool_use"):
     input: Any
 
 
-ContentOut = TextOut | ToolUseOut
+class ThinkingOut(Struct, tag_field="type", tag="thinking"):
+    thinking: str
+    # Anthropic's is an encrypted copy of the thought; ours only a hash of it (server/anthropic/events.py)
+    signature: str
+
+
+ContentOut = TextOut | ToolUseOut | ThinkingOut
 
 
 class Usage(Struct):
@@ -143,6 +160,21 @@ class JsonDelta(Struct):
 class BlockDelta(Struct):
     index: int
     delta: JsonDelta
+    type: str = "content_block_delta"
+
+
+# A thinking block's deltas: its text, then its signature just before content_block_stop.
+class ThinkingDelta(Struct, tag_field="type", tag="thinking_delta"):
+    thinking: str
+
+
+class SignatureDelta(Struct, tag_field="type", tag="signature_delta"):
+    signature: str
+
+
+class ThinkingBlockDelta(Struct):
+    index: int
+    delta: ThinkingDelta | SignatureDelta
     type: str = "content_block_delta"
 
 
