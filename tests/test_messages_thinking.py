@@ -126,6 +126,40 @@ def test_bad_thinking_is_refused_naming_the_field(thinking: Any, field: str, wor
     assert refused.value.field == field and field in str(refused.value) and words in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("effort", "choice"),
+    [
+        ("low", ThinkingChoice(budget=1024)),
+        ("medium", ThinkingChoice(budget=4096)),
+        ("max", ThinkingChoice(budget=-1)),
+    ],
+)
+def test_output_config_effort_sizes_an_adaptive_thought(effort: str, choice: ThinkingChoice) -> None:
+    adaptive = body(thinking={"type": "adaptive"}, output_config={"effort": effort})
+    assert translate.conversation(adaptive).thinking == choice
+    assert not translate.conversation(body(output_config={"effort": effort})).thinking.enabled
+
+
+def test_output_config_format_is_the_output_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    config = translate.conversation(body(output_config={"format": {"type": "json_schema", "schema": schema}}))
+    assert config.output is not None and config.output.schema == schema
+    for bad, field in (
+        ({"output_config": {"effort": "huge"}}, "output_config.effort"),
+        ({"output_config": {"format": {"type": "xml"}}}, "output_config.format.type"),
+        (
+            {
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+                "output_format": {"type": "json_schema", "schema": schema},
+            },
+            "output_config.format",
+        ),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            translate.conversation(body(**bad))
+        assert refused.value.field == field
+
+
 def test_count_tokens_takes_a_budget_without_max_tokens() -> None:
     counted = msgspec.convert(
         {"messages": HI, "thinking": {"type": "enabled", "budget_tokens": 5000}}, w.CountTokensRequest
@@ -433,3 +467,19 @@ def test_a_model_without_thoughts_streams_the_same_bytes_whatever_thinking_says(
         'data: {"index":0,"content_block":{"type":"text","text":""},"type":"content_block_start"}'
         in streams[0]
     )
+
+
+def test_a_structured_answer_follows_the_thought(r1_url: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"greeting": {"type": "string", "maxLength": 20}},
+        "required": ["greeting"],
+    }
+    m = client(r1_url).messages.create(
+        model="claude", max_tokens=60, messages=HI, extra_body=STEADY,
+        thinking={"type": "enabled", "budget_tokens": 6},
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )  # fmt: skip
+    assert [b.type for b in m.content] == ["thinking", "text"]
+    text = m.content[1]
+    assert text.type == "text" and isinstance(json.loads(text.text)["greeting"], str)

@@ -13,6 +13,7 @@ from server.conversation.plan import ChatPlan
 from server.conversation.prompt import seed, stop_strings
 from server.conversation.schema import without_vacuous
 from server.conversation.types import (
+    UNLIMITED,
     Conversation,
     Fields,
     OutputFormat,
@@ -147,21 +148,51 @@ def tool_choice(body: w.CountTokensRequest) -> ToolChoice:
 
 
 def output_format(body: w.CountTokensRequest) -> OutputFormat | None:
-    f = body.output_format
+    """``output_format``, or ``output_config.format`` (newer SDKs' spelling); not both."""
+    config = body.output_config.format if body.output_config is not None else None
+    if config is not None and body.output_format is not None:
+        raise _refuse("give `output_config.format` or `output_format`, not both", "output_config.format")
+    f, field = (
+        (config, "output_config.format") if config is not None else (body.output_format, "output_format")
+    )
     if f is None:
         return None
     if f.type != "json_schema":
-        raise _refuse(f"`output_format.type` is {f.type!r}: use 'json_schema'", "output_format.type")
+        raise _refuse(f"`{field}.type` is {f.type!r}: use 'json_schema'", f"{field}.type")
     if f.schema is None:
-        raise _refuse("`output_format.schema` is required", "output_format.schema")
+        raise _refuse(f"`{field}.schema` is required", f"{field}.schema")
     return OutputFormat("json_schema", dict(f.schema))
+
+
+# ``output_config.effort``: how long an adaptive thought may be (tokens; None: no limit but max_tokens)
+EFFORT_BUDGETS: dict[str, int | None] = {
+    "low": 1024,
+    "medium": 4096,
+    "high": None,
+    "xhigh": None,
+    "max": None,
+}
+
+
+def _effort(body: w.CountTokensRequest) -> ThinkingChoice:
+    """An adaptive thought's budget: ``output_config.effort``'s, else the server's."""
+    effort = body.output_config.effort if body.output_config is not None else None
+    if effort is None:
+        return ThinkingChoice()
+    if effort not in EFFORT_BUDGETS:
+        choices = ", ".join(repr(e) for e in EFFORT_BUDGETS)
+        raise _refuse(f"`output_config.effort` is {effort!r}: use one of {choices}", "output_config.effort")
+    budget = EFFORT_BUDGETS[effort]
+    return ThinkingChoice(budget=UNLIMITED if budget is None else budget)
 
 
 def thinking(body: w.CountTokensRequest) -> ThinkingChoice:
     """``thinking`` as a choice. Absent means no thought, as on Anthropic's API. ``adaptive`` ("the
-    model decides how much") is the server's ``--reasoning-budget``; ``between_tools`` is thinking
+    model decides how much") is ``output_config.effort``'s budget, else the server's
+    ``--reasoning-budget``; without a thought, effort changes nothing here. ``between_tools`` is thinking
     off (its progress notes between tool calls are Claude's habit, not a thinking model's)."""
     t = body.thinking
+    adaptive = _effort(body)  # checked even where no thought comes: it names a bad value
     if t is None or t.type in ("disabled", "between_tools"):
         return ThinkingChoice(enabled=False)
     if t.display not in (None, "summarized", "omitted"):
@@ -169,7 +200,7 @@ def thinking(body: w.CountTokensRequest) -> ThinkingChoice:
             f"`thinking.display` is {t.display!r}: use 'summarized' or 'omitted'", "thinking.display"
         )
     if t.type == "adaptive":
-        return ThinkingChoice()
+        return adaptive
     if t.type != "enabled":
         raise _refuse(
             f"`thinking.type` is {t.type!r}: use 'enabled', 'disabled', 'adaptive' or 'between_tools'",

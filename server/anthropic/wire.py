@@ -60,6 +60,13 @@ class OutputFormatIn(Struct):
     schema: dict[str, Any] | None = None
 
 
+class OutputConfigIn(Struct):
+    """Newer SDKs' home of ``format`` (what ``output_format`` was) and ``effort``."""
+
+    effort: str | None = None
+    format: OutputFormatIn | None = None
+
+
 class ThinkingIn(Struct):
     """``enabled`` (with ``budget_tokens``), ``disabled``, ``adaptive`` or ``between_tools``; see
     ``translate.thinking``. ``display``: ``summarized`` (the default here) or ``omitted``."""
@@ -78,6 +85,7 @@ class CountTokensRequest(Struct, kw_only=True):
     tools: list[ToolIn] | None = None
     tool_choice: ToolChoiceIn | None = None
     output_format: OutputFormatIn | None = None
+    output_config: OutputConfigIn | None = None
     thinking: ThinkingIn | None = None  # absent: no thought, as Anthropic's API does
 
 
