@@ -470,7 +470,7 @@ def test_a_model_without_thoughts_streams_the_same_bytes_whatever_thinking_says(
 
 
 def test_a_structured_answer_follows_the_thought(r1_url: str) -> None:
-    schema = {
+    schema: Any = {
         "type": "object",
         "properties": {"greeting": {"type": "string", "maxLength": 20}},
         "required": ["greeting"],
