@@ -44,13 +44,13 @@ def new_id(prefix: str) -> str:
 class Echo:
     """The request's settings, echoed in every ``response`` object of one answer."""
 
-    __slots__ = ("body", "created_at", "encrypted", "id", "model", "previous")
+    __slots__ = ("body", "created_at", "encrypted_thoughts", "id", "model", "previous")
 
     def __init__(self, body: w.ResponsesRequest, model: str, previous: str | None) -> None:
         self.id, self.created_at = new_id("resp"), int(time.time())
         self.body, self.model, self.previous = body, model, previous
         # Codex asks for it when it keeps the conversation itself (store: false)
-        self.encrypted = "reasoning.encrypted_content" in (body.include or ())
+        self.encrypted_thoughts = "reasoning.encrypted_content" in (body.include or ())
 
     def response(
         self,
@@ -146,7 +146,7 @@ def cut_in_thought(finish: FinishEvent) -> bool:
 
 def reasoning_item(echo: Echo, ident: str, text: str, cut: bool) -> w.ReasoningItem:
     item = w.ReasoningItem(ident, [w.ReasoningText(text)], status="incomplete" if cut else "completed")
-    if echo.encrypted:
+    if echo.encrypted_thoughts:
         item.encrypted_content = encrypted(text)
     return item
 
