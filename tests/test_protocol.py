@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from engine import ValidationError, refuse_surely_too_long
-from server.openai import adapter as openai_adapter
+from server.conversation.prompt import logit_bias
 
 CHAT = "/v1/chat/completions"
 
@@ -140,12 +140,12 @@ def test_the_sdk_retrieves_the_served_model_and_gets_404_for_another(base_url: s
 
 
 def test_logit_bias_pairs_are_checked_and_sorted() -> None:
-    assert openai_adapter.logit_bias({"7": -100, "3": 2.5}, n_vocab=10) == ((3, 2.5), (7, -100.0))
-    assert openai_adapter.logit_bias(None, n_vocab=10) == ()
+    assert logit_bias({"7": -100, "3": 2.5}, n_vocab=10) == ((3, 2.5), (7, -100.0))
+    assert logit_bias(None, n_vocab=10) == ()
     bad_ones: list[dict[str, float]] = [{"+3": 1}, {"1_0": 1}, {" 3": 1}, {"10": 1}, {"3": float("nan")}]
     for bad in [*bad_ones, {"3": -101.0}]:
         with pytest.raises(ValidationError) as refused:
-            openai_adapter.logit_bias(bad, n_vocab=10)
+            logit_bias(bad, n_vocab=10)
         assert refused.value.field == "logit_bias"
 
 

@@ -65,3 +65,28 @@ def stop_strings(stop: str | Sequence[str] | None, limits: Limits, field: str = 
 def seed(requested: int | None) -> int:
     """The request's seed, or a fresh one: unseeded requests must not all sample alike."""
     return requested if requested is not None else uuid.uuid4().int & 0xFFFFFFFF
+
+
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: -100 (in effect a ban) .. 100 (in effect the only choice)
+
+
+def logit_bias(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` (token ids as strings; chat completions, and Responses as an extension)
+    as (id, bias) pairs, checked: llama.cpp's sampler would read past the logits for an id outside the
+    vocabulary. Values are added to the logits as given, as llama-server and vLLM do."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise ValidationError(f"`logit_bias` keys must be token ids; {key!r} is not one", "logit_bias")
+        token = int(key)
+        if token >= n_vocab:
+            raise ValidationError(
+                f"`logit_bias` names token {token}, but this model's token ids run from 0 to {n_vocab - 1}",
+                "logit_bias",
+            )
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:  # NaN fails too
+            raise ValidationError(
+                f"`logit_bias` values must lie within -100..100; token {token} has {value}", "logit_bias"
+            )
+        pairs.append((token, value))
+    return tuple(sorted(pairs))

@@ -22,7 +22,7 @@ from engine import (
     refuse_surely_too_long,
 )
 from server.conversation.plan import ChatPlan
-from server.conversation.prompt import Tokenize, budget, seed, stop_strings
+from server.conversation.prompt import Tokenize, budget, logit_bias, seed, stop_strings
 from server.conversation.reply import Reply, thought, whole
 from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, Reasoning, StopReason, Text
 from server.errors import Problem, openai_body
@@ -33,31 +33,6 @@ from server.state import Limits
 
 def finish_reason(reason: FinishReason) -> str:
     return "length" if reason is FinishReason.LENGTH else "stop"
-
-
-LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: -100 (in effect a ban) .. 100 (in effect the only choice)
-
-
-def logit_bias(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
-    """OpenAI's ``logit_bias`` (token ids as strings) as (id, bias) pairs, checked: llama.cpp's
-    sampler would read past the logits for an id outside the vocabulary. Values are added to the
-    logits as given, as llama-server and vLLM do."""
-    pairs = []
-    for key, value in (bias or {}).items():
-        if not (key.isascii() and key.isdigit()):
-            raise ValidationError(f"`logit_bias` keys must be token ids; {key!r} is not one", "logit_bias")
-        token = int(key)
-        if token >= n_vocab:
-            raise ValidationError(
-                f"`logit_bias` names token {token}, but this model's token ids run from 0 to {n_vocab - 1}",
-                "logit_bias",
-            )
-        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:  # NaN fails too
-            raise ValidationError(
-                f"`logit_bias` values must lie within -100..100; token {token} has {value}", "logit_bias"
-            )
-        pairs.append((token, value))
-    return tuple(sorted(pairs))
 
 
 def sampling(body: w.SamplingFields, limits: Limits) -> SamplingParams:

@@ -5,6 +5,11 @@ Every event carries ``type`` and ``sequence_number`` and goes out with an ``even
 item is announced (``output_item.added``) before any of its content and repeated whole when it ends
 (``output_item.done``: Codex reads calls only from there); the closing ``response.completed`` carries
 the whole response with ``output`` and ``usage`` (the agents SDK builds its turn from it).
+
+A thinking model's thought is a ``reasoning`` item before the answer's items, its text one
+``reasoning_text`` part streamed as ``response.reasoning_text.delta`` events. Its part is announced with
+``response.content_part.added``/``done`` and a ``reasoning_text`` part, as OpenAI's API reference types
+those events (vLLM sends ``response.reasoning_part.*`` instead, which the openai SDK does not know).
 """
 
 from __future__ import annotations
@@ -13,13 +18,22 @@ import time
 import uuid
 from collections.abc import Callable
 
-from engine import Completion, FinishEvent, TokenEvent
+from engine import Completion, FinishEvent, FinishReason, TokenEvent
 from engine.chat import ToolCall
-from server.conversation.reply import Reply, whole
-from server.conversation.types import CallArguments, CallEnd, CallStart, Delta, StopReason, Text, Turn
+from server.conversation.reply import Reply, thought, whole
+from server.conversation.types import (
+    CallArguments,
+    CallEnd,
+    CallStart,
+    Delta,
+    Reasoning,
+    StopReason,
+    Text,
+    Turn,
+)
 from server.errors import Problem
 from server.openai.responses import wire as w
-from server.openai.responses.translate import decoded
+from server.openai.responses.translate import decoded, encrypted
 from server.sse import ENCODER, named_frame
 
 
@@ -30,11 +44,13 @@ def new_id(prefix: str) -> str:
 class Echo:
     """The request's settings, echoed in every ``response`` object of one answer."""
 
-    __slots__ = ("body", "created_at", "id", "model", "previous")
+    __slots__ = ("body", "created_at", "encrypted_thoughts", "id", "model", "previous")
 
     def __init__(self, body: w.ResponsesRequest, model: str, previous: str | None) -> None:
         self.id, self.created_at = new_id("resp"), int(time.time())
         self.body, self.model, self.previous = body, model, previous
+        # Codex asks for it when it keeps the conversation itself (store: false)
+        self.encrypted_thoughts = "reasoning.encrypted_content" in (body.include or ())
 
     def response(
         self,
@@ -105,27 +121,46 @@ def usage(event: FinishEvent) -> w.Usage:
         u.prompt_tokens,
         w.InputTokensDetails(u.cached_tokens),
         u.completion_tokens,
-        w.OutputTokensDetails(0),
+        w.OutputTokensDetails(u.reasoning_tokens),
         u.total_tokens,
     )
 
 
 def assistant_turn(output: list[w.OutputItem]) -> Turn:
-    """The answer as a turn of the conversation, for a follow-up's ``previous_response_id``."""
+    """The answer as a turn of the conversation, for a follow-up's ``previous_response_id``: its
+    thought goes back to the template as the turn's reasoning."""
     text = "".join(p.text for item in output if isinstance(item, w.MessageItem) for p in item.content)
     calls = tuple(
         ToolCall(item.call_id, item.name, decoded(item.arguments))
         for item in output
         if isinstance(item, w.FunctionCallItem)
     )
-    return Turn("assistant", text, calls)
+    thoughts = [p.text for item in output if isinstance(item, w.ReasoningItem) for p in item.content]
+    return Turn("assistant", text, calls, reasoning="\n\n".join(thoughts) or None)
+
+
+def cut_in_thought(finish: FinishEvent) -> bool:
+    """The token budget ran out before the thought closed (its last token was still the thought's)."""
+    return finish.reason is FinishReason.LENGTH and finish.token.reasoning
+
+
+def reasoning_item(echo: Echo, ident: str, text: str, cut: bool) -> w.ReasoningItem:
+    item = w.ReasoningItem(ident, [w.ReasoningText(text)], status="incomplete" if cut else "completed")
+    if echo.encrypted_thoughts:
+        item.encrypted_content = encrypted(text)
+    return item
 
 
 def response_of(echo: Echo, result: Completion, reply: Reply) -> w.Response:
     """The whole (not streamed) answer."""
-    content, calls = whole(reply, result.text)
+    content, calls = whole(reply, result.text, result.reasoning)
     output: list[w.OutputItem] = []
-    if content.strip() or not calls:
+    shown = thought(result.reasoning)
+    cut = bool(shown) and cut_in_thought(result.finish)
+    if shown:
+        output.append(reasoning_item(echo, new_id("rs"), shown, cut))
+    # An empty answer is one empty message, as OpenAI sends it; an answer cut in its thought has none.
+    if content.strip() or not (calls or cut):
         output.append(w.MessageItem(new_id("msg"), [w.OutputText(content)]))
     output.extend(w.FunctionCallItem(new_id("fc"), c.id, c.name, c.arguments) for c in calls)
     return echo.final(output, reply.stop_reason(result.finish.reason), result.finish)
@@ -135,23 +170,29 @@ Done = Callable[[w.Response], None]
 
 _ADDED, _ITEM_DONE = "response.output_item.added", "response.output_item.done"
 _PART_ADDED, _PART_DONE = "response.content_part.added", "response.content_part.done"
-_TEXT_DONE = "response.output_text.done"
+_TEXT_DONE, _THOUGHT_DONE = "response.output_text.done", "response.reasoning_text.done"
 _ARGS_DELTA, _ARGS_DONE = "response.function_call_arguments.delta", "response.function_call_arguments.done"
 
 
-class _Message:
-    """The message item being streamed: its id, place and text so far."""
+class _Streamed:
+    """The message or reasoning item being streamed: its id, place and text so far."""
 
     __slots__ = ("head", "id", "index", "texts")
 
-    def __init__(self, ident: str, index: int) -> None:
+    def __init__(self, ident: str, index: int, event: bytes, fields: bytes = b"") -> None:
         self.id, self.index = ident, index
         self.texts: list[str] = []
         # A text delta is the hottest event: its frame up to the delta is built once, as bytes.
-        self.head = (
-            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":"%s",'
-            b'"output_index":%d,"content_index":0,"logprobs":[],"delta":' % (ident.encode(), index)
-        )
+        head = b'event: %s\ndata: {"type":"%s","item_id":"%s","output_index":%d,"content_index":0,%s"delta":'
+        self.head = head % (event, event, ident.encode(), index, fields)
+
+
+def _message(ident: str, index: int) -> _Streamed:
+    return _Streamed(ident, index, b"response.output_text.delta", b'"logprobs":[],')
+
+
+def _thought(ident: str, index: int) -> _Streamed:
+    return _Streamed(ident, index, b"response.reasoning_text.delta")
 
 
 class _Call:
@@ -165,14 +206,26 @@ class ResponseStream:
     """Engine events in, Responses stream frames out (a small state machine). ``done`` receives the
     final response (to store it)."""
 
-    __slots__ = ("_calls", "_echo", "_held", "_message", "_output", "_reply", "_seq", "_started", "done")
+    __slots__ = (
+        "_calls",
+        "_echo",
+        "_held",
+        "_message",
+        "_output",
+        "_reply",
+        "_seq",
+        "_started",
+        "_thought",
+        "done",
+    )
 
     def __init__(self, echo: Echo, reply: Reply, done: Done | None = None) -> None:
         self._echo, self._reply, self.done = echo, reply, done
         self._seq = 0
         self._started = False
         self._output: list[tuple[int, w.OutputItem]] = []  # finished items and their output_index
-        self._message: _Message | None = None
+        self._message: _Streamed | None = None
+        self._thought: _Streamed | None = None  # the reasoning item, while the thought goes on
         self._calls: dict[int, _Call] = {}  # the parser's call index -> the call item being streamed
         self._held = ""  # whitespace before anything else: dropped if a call comes first
 
@@ -186,6 +239,7 @@ class ResponseStream:
         | w.ItemEvent
         | w.PartEvent
         | w.TextDoneEvent
+        | w.ReasoningDoneEvent
         | w.ArgumentsDoneEvent
         | w.ArgumentsDeltaEvent,
     ) -> bytes:
@@ -200,8 +254,32 @@ class ResponseStream:
         frames.append(self._lifecycle("response.created", shell))
         frames.append(self._lifecycle("response.in_progress", shell))
 
-    def _open_message(self, frames: list[bytes]) -> _Message:
-        m = self._message = _Message(new_id("msg"), len(self._output) + len(self._calls))
+    def _think(self, text: str, frames: list[bytes]) -> None:
+        t = self._thought
+        if t is None:  # the thought comes first: nothing else is open yet
+            t = self._thought = _thought(new_id("rs"), len(self._output))
+            item = w.ReasoningItem(t.id, [], status="in_progress")
+            frames.append(self._event(w.ItemEvent(_ADDED, self._next(), t.index, item)))
+            part = w.PartEvent(_PART_ADDED, self._next(), t.id, t.index, 0, w.ReasoningText(""))
+            frames.append(self._event(part))
+        t.texts.append(text)
+        frames.append(b'%s%s,"sequence_number":%d}\n\n' % (t.head, ENCODER.encode(text), self._next()))
+
+    def _close_thought(self, frames: list[bytes], cut: bool = False) -> None:
+        t = self._thought
+        if t is None:
+            return
+        self._thought = None
+        text = "".join(t.texts)
+        frames.append(self._event(w.ReasoningDoneEvent(_THOUGHT_DONE, self._next(), t.id, t.index, 0, text)))
+        part = w.ReasoningText(text)
+        frames.append(self._event(w.PartEvent(_PART_DONE, self._next(), t.id, t.index, 0, part)))
+        item = reasoning_item(self._echo, t.id, text, cut)
+        frames.append(self._event(w.ItemEvent(_ITEM_DONE, self._next(), t.index, item)))
+        self._output.append((t.index, item))
+
+    def _open_message(self, frames: list[bytes]) -> _Streamed:
+        m = self._message = _message(new_id("msg"), len(self._output) + len(self._calls))
         item = w.MessageItem(m.id, [], "in_progress")
         frames.append(self._event(w.ItemEvent(_ADDED, self._next(), m.index, item)))
         part = w.PartEvent(_PART_ADDED, self._next(), m.id, m.index, 0, w.OutputText(""))
@@ -235,6 +313,8 @@ class ResponseStream:
     def _delta(self, d: Delta, frames: list[bytes]) -> None:
         if isinstance(d, Text):
             self._text(d.text, frames)
+        elif isinstance(d, Reasoning):
+            self._think(d.text, frames)
         elif isinstance(d, CallStart):
             self._close_message(frames)
             self._held = ""
@@ -267,7 +347,9 @@ class ResponseStream:
         if not self._started:
             self._start(frames)
         if self._reply.parsing:
-            for d in self._reply.push(text):
+            if self._thought is not None and not event.reasoning:  # the thought has ended
+                self._close_thought(frames)
+            for d in self._reply.push(text, event.reasoning):
                 self._delta(d, frames)
         elif text:
             self._text(text, frames)
@@ -278,8 +360,10 @@ class ResponseStream:
         frames = [last] if last is not None else []
         for d in self._reply.finish():
             self._delta(d, frames)
-        if not self._output and self._message is None and not self._calls:  # an empty answer: one
-            self._message = self._open_message(frames)  # empty message, as OpenAI sends it
+        cut = self._thought is not None and cut_in_thought(event)
+        self._close_thought(frames, cut)
+        if not (self._answered() or cut):  # an empty answer: one empty message, as OpenAI sends it
+            self._message = self._open_message(frames)
         self._close_message(frames)
         output = [item for _index, item in sorted(self._output, key=lambda pair: pair[0])]
         response = self._echo.final(output, self._reply.stop_reason(event.reason), event)
@@ -287,6 +371,12 @@ class ResponseStream:
             self.done(response)
         frames.append(self._lifecycle(f"response.{response.status}", response))
         return b"".join(frames)
+
+    def _answered(self) -> bool:
+        """Some of the answer (a message or a call) has begun."""
+        if self._message is not None or self._calls:
+            return True
+        return any(not isinstance(item, w.ReasoningItem) for _index, item in self._output)
 
     def error(self, problem: Problem) -> bytes:
         frames: list[bytes] = []

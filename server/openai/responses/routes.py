@@ -9,7 +9,7 @@ from litestar.response import Stream
 
 from engine import ValidationError
 from server.conversation.plan import plan
-from server.conversation.prompt import prompt
+from server.conversation.prompt import prompt, thinking
 from server.conversation.reply import Reply
 from server.generation import count_request, sse_response, stream, whole
 from server.openai.responses import translate
@@ -38,11 +38,12 @@ async def create_response(request: AnyRequest, data: w.ResponsesRequest) -> Resp
     previous = body.previous_response_id
     earlier = store.get(previous, "previous_response_id").turns if previous else ()
     conv, kept = translate.conversation(body, earlier)
-    chat = plan(conv, s.tools)
+    chat = plan(conv, s.tools, s.thinking)
     echo = Echo(body, body.model or s.engine.model_id, previous)
     try:
         tokens = await prompt(s, chat, "input")
-        engine_request = translate.generation_request(body, tokens, s.limits, chat)
+        thought = thinking(s, chat, tokens)
+        engine_request = translate.generation_request(body, tokens, s.limits, chat, thought)
     except ValidationError as exc:
         if not (body.stream and exc.field == "input"):
             raise
@@ -51,7 +52,7 @@ async def create_response(request: AnyRequest, data: w.ResponsesRequest) -> Resp
         frames = _once(failed_stream(echo, "context_length_exceeded", str(exc)))
         return Stream(frames, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS, status_code=200)
     handle = s.engine.submit(engine_request)
-    reply = Reply(chat.tools)
+    reply = Reply(chat.tools, thinking=thought is not None)
 
     def keep(response: w.Response) -> None:
         if body.store:

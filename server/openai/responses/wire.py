@@ -26,7 +26,8 @@ class ContentPart(Struct):
 
 class InputItem(Struct):
     """A ``message`` (``type`` may be left out), ``function_call``, ``function_call_output`` or
-    ``reasoning``; which fields matter depends on ``type``."""
+    ``reasoning``; which fields matter depends on ``type``. A reasoning item's ``content`` holds
+    ``reasoning_text`` parts."""
 
     type: str | None = None
     role: str | None = None
@@ -37,6 +38,8 @@ class InputItem(Struct):
     name: str | None = None
     arguments: str | None = None
     output: str | list[ContentPart] | None = None
+    summary: list[ContentPart] | None = None  # reasoning items
+    encrypted_content: str | None = None  # reasoning items, as this server wrote it (see events.py)
 
 
 class ToolIn(Struct):
@@ -66,9 +69,9 @@ class TextIn(Struct):
 
 
 class ReasoningIn(Struct):
-    effort: str | None = None
-    summary: str | None = None
-    generate_summary: str | None = None
+    effort: str | None = None  # how long a thinking model may think: "none" … "high"
+    summary: str | None = None  # only "auto" (no summary): this server writes none
+    generate_summary: str | None = None  # the deprecated name of ``summary``
 
 
 class ResponsesRequest(Struct, kw_only=True):
@@ -101,6 +104,7 @@ class ResponsesRequest(Struct, kw_only=True):
     frequency_penalty: Penalty = 0.0
     repeat_penalty: Annotated[float, Meta(gt=0.0)] = 1.0
     seed: int | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a string) -> bias, as on chat completions
     ignore_eos: bool = False  # generate max_output_tokens whatever the model says (benchmarks)
 
 
@@ -130,7 +134,25 @@ class FunctionCallItem(Struct, tag_field="type", tag="function_call"):
     status: str = "completed"
 
 
-OutputItem = MessageItem | FunctionCallItem
+class ReasoningText(Struct):
+    """A thought's text: the content of a reasoning item, and the part of its part events."""
+
+    text: str
+    type: str = "reasoning_text"
+
+
+class ReasoningItem(Struct, tag_field="type", tag="reasoning"):
+    """A thinking model's thought, before the answer's items. ``summary`` stays empty (this server
+    writes no summaries); ``encrypted_content`` only when ``include`` asks for it."""
+
+    id: str
+    content: list[ReasoningText]
+    summary: list[Any] = []
+    status: str = "completed"
+    encrypted_content: str | UnsetType = UNSET
+
+
+OutputItem = MessageItem | FunctionCallItem | ReasoningItem
 
 
 class InputTokensDetails(Struct):
@@ -138,7 +160,7 @@ class InputTokensDetails(Struct):
 
 
 class OutputTokensDetails(Struct):
-    reasoning_tokens: int = 0
+    reasoning_tokens: int = 0  # tokens of the thought, its markers included
 
 
 class Usage(Struct):
@@ -252,7 +274,7 @@ class PartEvent(Struct):
     item_id: str
     output_index: int
     content_index: int
-    part: OutputText
+    part: OutputText | ReasoningText
 
 
 class TextDoneEvent(Struct):
@@ -263,6 +285,17 @@ class TextDoneEvent(Struct):
     content_index: int
     text: str
     logprobs: list[Any] = []
+
+
+class ReasoningDoneEvent(Struct):
+    """``response.reasoning_text.done``: the thought's whole text."""
+
+    type: str
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
 
 
 class ArgumentsDeltaEvent(Struct):
