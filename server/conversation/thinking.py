@@ -24,7 +24,14 @@ MARKERS = (("<think>", "</think>"), ("<seed:think>", "</seed:think>"))
 
 # Budgets of ``reasoning_effort`` (chat) and ``reasoning.effort`` (Responses), in tokens of thought;
 # UNLIMITED: no limit beyond max_tokens. "none" switches thinking off.
-EFFORT_BUDGETS: dict[str, int] = {"minimal": 256, "low": 1024, "medium": 4096, "high": UNLIMITED}
+EFFORT_BUDGETS: dict[str, int] = {
+    "minimal": 256,
+    "low": 1024,
+    "medium": 4096,
+    "high": UNLIMITED,
+    "xhigh": UNLIMITED,  # newer OpenAI efforts: no more than "high" can give here
+    "max": UNLIMITED,
+}
 
 
 class ModelThinking(msgspec.Struct, frozen=True):
