@@ -1,8 +1,11 @@
-"""Small helpers the tests share: reading metrics and waiting for the server to settle."""
+"""Small helpers the tests share: reading metrics, waiting for the server to settle, and reading the
+typed SSE events of the Responses and Messages streams."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,3 +37,16 @@ def wait_until_idle(base_url: str, timeout: float = 10.0) -> dict[str, float]:
         if idle or time.monotonic() > deadline:
             return m
         time.sleep(0.05)
+
+
+def typed_events(raw: bytes) -> list[dict[str, Any]]:
+    """The data of each SSE frame of a typed stream, each checked to carry the type its ``event:``
+    line names (what the anthropic SDK dispatches on)."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            head, data = block.split("\n", 1)
+            payload = json.loads(data.removeprefix("data: "))
+            assert head == f"event: {payload['type']}"
+            out.append(payload)
+    return out

@@ -30,18 +30,9 @@ from server.conversation.reply import Reply
 from server.conversation.tool_formats import ToolFormat, ToolPlan
 from server.conversation.types import ThinkingChoice, Tool
 from tests.conftest import END_THINK, THINK
+from tests.helpers import typed_events
+from tests.test_messages import ASK, HI, WEATHER
 
-WEATHER: Any = {
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 20}},
-        "required": ["city"],
-    },
-}
-ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
-HI: Any = [{"role": "user", "content": "Say hello."}]
 # A tool call's round trip whose assistant turn thought first (its thinking block sent back).
 THOUGHT = "The user wants the weather in Paris, so I call the tool."
 HISTORY: Any = [
@@ -73,21 +64,9 @@ def finish(text: str = "", reason: FinishReason = FinishReason.EOS) -> FinishEve
     return FinishEvent(TokenEvent(7, text), reason, Usage(30, 9, reasoning_tokens=5), TIMING)
 
 
-def frames(raw: bytes) -> list[dict[str, Any]]:
-    """The data of each SSE frame, checked to carry the type its ``event:`` line names."""
-    out = []
-    for block in raw.decode().split("\n\n"):
-        if block:
-            head, data = block.split("\n", 1)
-            payload = json.loads(data.removeprefix("data: "))
-            assert head == f"event: {payload['type']}"
-            out.append(payload)
-    return out
-
-
 def streamed(s: MessageStream, tokens: list[TokenEvent], last: FinishEvent) -> list[dict[str, Any]]:
     raw = b"".join(x for x in map(s.token, tokens) if x) + s.finish(last)
-    return [f for f in frames(raw) if f["type"] != "ping"]
+    return [f for f in typed_events(raw) if f["type"] != "ping"]
 
 
 # -- the request ---------------------------------------------------------------------------------

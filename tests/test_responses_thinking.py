@@ -24,19 +24,10 @@ from server.openai.responses import translate
 from server.openai.responses import wire as w
 from server.openai.responses.events import Echo, ResponseStream, assistant_turn, response_of
 from tests.conftest import END_THINK, THINK
+from tests.helpers import typed_events
+from tests.test_responses import WEATHER
 
 TIMING = Timing(0.0, 0.1, 0.2)
-WEATHER: Any = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 20}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-}
 OPEN_THOUGHT = {"logit_bias": {str(THINK): 100}}  # Qwen3's first token is <think>
 
 
@@ -46,17 +37,6 @@ def body(**fields: Any) -> w.ResponsesRequest:
 
 def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
-
-
-def events(raw: bytes) -> list[dict[str, Any]]:
-    out = []
-    for block in raw.decode().split("\n\n"):
-        if block:
-            head, data = block.split("\n", 1)
-            payload = json.loads(data.removeprefix("data: "))
-            assert head == f"event: {payload['type']}"
-            out.append(payload)
-    return out
 
 
 def thought_tokens() -> list[TokenEvent]:
@@ -168,7 +148,7 @@ def test_a_streamed_thought_is_a_reasoning_item_before_the_message() -> None:
     echo = Echo(body(include=["reasoning.encrypted_content"]), "m", None)
     s = ResponseStream(echo, Reply(None, thinking=True), kept.append)
     raw = b"".join(s.token(t) or b"" for t in [*thought_tokens(), TokenEvent(3, "\n\nHel")])
-    got = events(raw + s.finish(finish(TokenEvent(4, "lo"))))
+    got = typed_events(raw + s.finish(finish(TokenEvent(4, "lo"))))
     kinds = [e["type"] for e in got]
     assert kinds == [
         "response.created",
@@ -224,7 +204,7 @@ def test_a_thought_cut_by_max_output_tokens_is_incomplete_with_no_message() -> N
     cut = finish(last, FinishReason.LENGTH, reasoning=5)
     s = ResponseStream(Echo(body(), "m", None), Reply(None, thinking=True))
     raw = b"".join(s.token(t) or b"" for t in thought_tokens()[:2])
-    streamed = events(raw + s.finish(cut))[-1]["response"]
+    streamed = typed_events(raw + s.finish(cut))[-1]["response"]
     result = Completion("", (*thought_tokens()[:2], last), cut, reasoning="\nI think more")
     whole = msgspec.to_builtins(response_of(Echo(body(), "m", None), result, Reply(None, thinking=True)))
     for r in (streamed, whole):
@@ -236,7 +216,7 @@ def test_a_thought_cut_by_max_output_tokens_is_incomplete_with_no_message() -> N
 def test_no_thought_no_reasoning_item() -> None:
     s = ResponseStream(Echo(body(), "m", None), Reply(None, thinking=True))
     marker_only = [TokenEvent(END_THINK, "", reasoning=True), TokenEvent(3, "Hi")]
-    got = events(
+    got = typed_events(
         b"".join(s.token(t) or b"" for t in marker_only) + s.finish(finish(TokenEvent(4, "!"), reasoning=1))
     )
     assert not any("reasoning" in e["type"] for e in got)
