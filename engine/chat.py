@@ -106,5 +106,6 @@ class ChatTemplate:
             return self._template.render(context)
         except ValidationError:
             raise
-        except jinja2.TemplateError as exc:
-            raise ValidationError(f"the model's chat template failed: {exc}", "messages") from exc
+        except Exception as exc:  # whatever the request made of it (a kwarg of the wrong type): a 400
+            error = exc if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
+            raise ValidationError(f"the model's chat template failed: {error}", "messages") from exc

@@ -20,6 +20,8 @@ import pytest
 from httpx_sse import connect_sse
 from openai.types.chat import ChatCompletionChunk
 
+from engine import ChatMessage, ValidationError
+from engine.chat import ChatTemplate
 from engine.thinking import ANSWER, MARKER, THOUGHT, Thought
 from engine.types import Thinking
 from server.conversation.reply import Reply
@@ -317,3 +319,11 @@ def test_reasoning_format_none_leaves_the_thought_in_the_text(r1_plain_url: str)
         c["choices"][0]["delta"].get("content") or "" for c in chunks(r1_plain_url, body) if c["choices"]
     )
     assert streamed == json.loads(raw)["choices"][0]["message"]["content"] != ""
+
+
+def test_template_kwargs_cannot_replace_what_the_server_sets_or_break_the_template(qwen3_url: str) -> None:
+    with pytest.raises(openai.BadRequestError, match=r"chat_template_kwargs\.messages"):
+        chat(qwen3_url, max_tokens=4, extra_body={"chat_template_kwargs": {"messages": 1}})
+    template = ChatTemplate("{{ size + 1 }}", "", "")
+    with pytest.raises(ValidationError, match="template failed: TypeError"):
+        template.render((ChatMessage("user", "hi"),), extra={"size": "big"})

@@ -104,6 +104,29 @@ def turns(body: w.ChatCompletionRequest) -> tuple[Turn, ...]:
     return tuple(out)
 
 
+# What the server itself hands the chat template: a client's kwarg may not replace it.
+RESERVED_TEMPLATE_NAMES = frozenset(
+    (
+        "messages",
+        "tools",
+        "add_generation_prompt",
+        "bos_token",
+        "eos_token",
+        "raise_exception",
+        "strftime_now",
+    )
+)
+
+
+def template_args(body: w.ChatCompletionRequest) -> dict[str, Any]:
+    given = body.chat_template_kwargs or {}
+    for name in given:
+        if name in RESERVED_TEMPLATE_NAMES:
+            field = f"chat_template_kwargs.{name}"
+            raise ValidationError(f"`{field}` is set by the server and cannot be given", field)
+    return dict(given)
+
+
 def thinking(body: w.ChatCompletionRequest) -> ThinkingChoice:
     """``reasoning_effort``, or ``chat_template_kwargs.enable_thinking``; they must not disagree."""
     choice = effort_budget(body.reasoning_effort, "reasoning_effort")
@@ -131,5 +154,5 @@ def conversation(body: w.ChatCompletionRequest) -> Conversation:
         tool_choice(body),
         output_format(body),
         thinking=thinking(body),
-        template_args=dict(body.chat_template_kwargs or {}),
+        template_args=template_args(body),
     )
