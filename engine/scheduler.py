@@ -460,7 +460,10 @@ class Scheduler:
         self._flush()
         drafter.step([job for _, job in jobs], prompts, n_decoding)
         for seq, job in jobs:
-            seq.draft = job.tokens if job.tokens else _NO_DRAFT
+            if job.tokens:
+                seq.draft = job.tokens
+            elif seq.model_throttle is not None:  # a call spent for nothing (unsure, or not caught up):
+                seq.model_throttle.record(1, 0)  # a miss, so that drafting pauses where it keeps failing
 
     def _verify(self, seq: Sequence) -> None:
         """Sample the rows of ``next_token`` and its draft in order, emitting each token as the plain
