@@ -25,7 +25,17 @@ from bench.client import Streamer, parsed_stream, raw_stream, stream_rate
 from bench.server import cpu_seconds, llama_server_binary, running_server, serving, serving_llama_server
 from models import QWEN_CODER, ensure_model
 
-SECTIONS = ("decode", "constraint", "prefill", "conversation", "thinking", "overload", "protocols", "spec")
+SECTIONS = (
+    "decode",
+    "constraint",
+    "prefill",
+    "conversation",
+    "thinking",
+    "overload",
+    "protocols",
+    "spec",
+    "spec-draft",
+)
 
 
 def bare(model: str, threads: int, *args: str) -> dict[str, float]:
@@ -179,6 +189,8 @@ def main() -> None:
         "overload": lambda: backpressure(model, args.threads),
         "protocols": lambda: agent_protocols(model, args.threads, args.rounds, args.tokens),
         "spec": lambda: spec.report(model, args.threads, args.rounds, args.tokens),
+        # its own models: copies of the default model (a Q8_0 target, a Q4_0 draft)
+        "spec-draft": lambda: spec.report_draft_model(args.threads, args.rounds, args.tokens),
     }
     for section in args.only.split(","):
         print(f"== {section} ==", flush=True)

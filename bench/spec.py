@@ -6,6 +6,11 @@ copies the prompt); (b) a tool call whose arguments quote the request (a named t
 (c) free prose. Every request is greedy, read by the ordinary parsing client. Each target answers one
 request of each workload before the rounds, so that every prompt is in its prompt cache and the
 figures measure decoding, as a conversation's later turns see it.
+
+The draft-model row (``just bench --only spec-draft``): a Q8_0 copy of the model as the target and a
+Q4_0 copy as its draft model (tests/model_variants.py makes both), against the same target without
+speculation, on editing, quoting (an email forwarded word for word) and prose, one stream; and, when
+`just llama-server` has built it, llama-server with the same pair (``-md``) against itself without.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 from bench.client import parsed_stream
 from bench.server import llama_server_binary, serving, serving_llama_server
+from tests.helpers import metrics
+from tests.model_variants import requantized
 
 SOURCE = '''\
 """A small inventory: items, stock levels and orders."""
@@ -220,3 +227,68 @@ def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequen
 
 def _median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
+def draft_workloads(n_tokens: int) -> dict[str, dict[str, Any]]:
+    """Editing and prose as above, and quoting: an email forwarded word for word (unconstrained)."""
+    loads = workloads(n_tokens)
+    quote = f"Forward this email to Maria, word for word, without a comment:\n\n{EMAIL}"
+    return {
+        "editing": loads["editing"],
+        "quoting": {"messages": [{"role": "user", "content": quote}], "max_tokens": n_tokens},
+        "prose": loads["prose"],
+    }
+
+
+def report_draft_model(threads: int, rounds: int, n_tokens: int) -> None:
+    """tokenspout on a Q8_0 target with a Q4_0 draft model of the same weights, against the same target
+    without speculation: the ratio of tokens/s per workload, 1 stream, whatever it is."""
+    target, draft = str(requantized(ftype="Q8_0")), str(requantized(ftype="Q4_0"))
+    loads = draft_workloads(n_tokens)
+    # 4,096 cells per slot for both, so that the two contexts' budget does not shrink the drafting one's
+    common = ["--threads", str(threads), "--parallel", "4", "--ctx-size", "16384"]
+    rates: dict[tuple[str, str], list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        targets: list[tuple[str, str]] = []
+        for name, flags in (("plain", ["--no-spec"]), ("draft", ["--no-spec", "--draft-model", draft])):
+            _, url = stack.enter_context(serving(target, [*common, *flags]))
+            targets.append((name, url))
+        if binary := llama_server_binary():
+            base = ["-t", str(threads), "-np", "4", "-c", "16384", "--jinja"]
+            for name, flags in (
+                ("llama-server plain", []),
+                ("llama-server draft", ["-md", draft, "--spec-type", "draft-simple"]),
+            ):
+                _, url = stack.enter_context(serving_llama_server(binary, target, [*base, *flags]))
+                targets.append((name, url))
+        for _, url in targets:  # every prompt into every prompt cache
+            for body in loads.values():
+                asyncio.run(_rate(url, body, 1))
+        drafted = {url: _draft_counts(url) for name, url in targets if name == "draft"}
+        for round_ in range(1, rounds + 1):
+            line = [f"round {round_}:"]
+            for load, body in loads.items():
+                for name, url in targets[:: 1 if round_ % 2 else -1]:  # drift favours nobody
+                    rates.setdefault((name, load), []).append(asyncio.run(_rate(url, body, 1))[0])
+                plain, spec = rates[("plain", load)][-1], rates[("draft", load)][-1]
+                line.append(f"{load} {spec / plain:.2f} (plain {plain:.0f} tok/s) |")
+            print(" ".join(line), flush=True)
+        for url, (before_drafted, before_accepted) in drafted.items():
+            after_drafted, after_accepted = _draft_counts(url)
+            n, ok = after_drafted - before_drafted, after_accepted - before_accepted
+            print(f"draft tokens in the rounds: {n:.0f}, accepted {ok:.0f} ({ok / max(n, 1):.0%})")
+    print("\nQ8_0 target with a Q4_0 draft model, 1 stream, medians of per-round ratios:")
+    for load in loads:
+        ratio = _median_ratio(rates[("draft", load)], rates[("plain", load)])
+        summary = f"{load:8} tokenspout draft / plain {ratio:.3f}"
+        if ("llama-server draft", load) in rates:
+            theirs = _median_ratio(rates[("llama-server draft", load)], rates[("llama-server plain", load)])
+            ours = _median_ratio(rates[("draft", load)], rates[("llama-server draft", load)])
+            summary += f"; llama-server -md / its plain {theirs:.3f}; ours / theirs with a draft {ours:.3f}"
+        print(summary)
+    print()
+
+
+def _draft_counts(url: str) -> tuple[float, float]:
+    m = metrics(url)
+    return m["tokenspout_spec_draft_tokens"], m["tokenspout_spec_accepted_tokens"]

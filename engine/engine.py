@@ -16,6 +16,7 @@ import msgspec
 
 from engine.chat import ChatTemplate
 from engine.constraint import Grammars, Guide
+from engine.drafter import Drafter, check_vocabulary
 from engine.errors import OverloadedError, UnavailableError, ValidationError
 from engine.handle import RequestHandle
 from engine.limits import auto_slot_context
@@ -45,6 +46,9 @@ class EngineConfig(msgspec.Struct, frozen=True):
     max_concurrent_requests: int = 128
     cache_ram_mib: int = 256  # host RAM for saved sequence states (the prompt cache); 0: none
     spec: SpecConfig = OFF  # speculative decoding by prompt lookup and grammar-forced tokens (opt-in)
+    # A smaller model of the same vocabulary that drafts for every request (with spec's lengths,
+    # throttle and draft_p_min, whether spec.enabled or not); None: no draft model
+    draft_model_path: str | None = None
 
     @property
     def shape(self) -> Shape:
@@ -106,13 +110,16 @@ class Engine:
         self.model = Model(
             Path(config.model_path), n_gpu_layers=config.n_gpu_layers, repack=not config.deterministic
         )
+        # The draft model is checked before any KV memory is allocated: a mismatch fails at once.
+        draft_model = self._load_draft_model() if config.draft_model_path else None
         self.kv_bytes_per_token = self.model.kv_bytes_per_token(shape.cell_type)
         n_ctx = config.n_ctx
         if n_ctx is None:
             budget = config.kv_budget_mib << 20
-            per_slot = auto_slot_context(
-                self.model.n_ctx_train, self.kv_bytes_per_token, config.n_parallel, budget
-            )
+            per_token = self.kv_bytes_per_token  # the draft model's cells share the budget
+            if draft_model is not None:
+                per_token += draft_model.kv_bytes_per_token(FAST.cell_type)
+            per_slot = auto_slot_context(self.model.n_ctx_train, per_token, config.n_parallel, budget)
             n_ctx = per_slot * config.n_parallel
         self.context = Context(
             self.model,
@@ -133,6 +140,7 @@ class Engine:
         self.spec = config.spec
         if self.spec.enabled and self.model.recurrent:
             self.spec = OFF
+        self.drafter = None if draft_model is None else self._drafter(draft_model)
         self._scheduler = Scheduler(
             self.context,
             config.n_parallel,
@@ -140,11 +148,51 @@ class Engine:
             config.step_target_ms / 1000,
             cache_ram_bytes=config.cache_ram_mib << 20,
             spec=self.spec,
+            drafter=self.drafter,
         )
         self._admitted = 0
         self._ids = itertools.count(1)
         self._accepting = False
         self._refusal = "the engine is not running"
+
+    def _load_draft_model(self) -> Model | None:
+        """The draft model, checked to share the target's vocabulary; None where the target cannot
+        speculate (describe_speculation says why)."""
+        assert self.config.draft_model_path is not None
+        if self.model.recurrent:
+            return None
+        model = Model(Path(self.config.draft_model_path), n_gpu_layers=self.config.n_gpu_layers)
+        try:
+            check_vocabulary(self.model, model)
+            if model.recurrent:
+                raise RuntimeError(
+                    f"the draft model {model.path} is recurrent or hybrid: its state cannot drop rejected "
+                    "draft tokens"
+                )
+        except BaseException:
+            model.close()
+            self.model.close()
+            raise
+        return model
+
+    def _drafter(self, model: Model) -> Drafter:
+        """The draft model in a context with the target's slots and cells per slot. Its cells are F16
+        whatever the target's (a draft's rounding does not matter, only its speed), and its weights may
+        be repacked even with --deterministic."""
+        try:
+            context = Context(
+                model,
+                n_ctx=self.context.n_ctx,
+                n_seq=self.config.n_parallel,
+                n_batch=self.context.n_batch,
+                shape=FAST,
+                n_threads=self.config.n_threads,
+            )
+        except RuntimeError as exc:
+            model.close()
+            raise RuntimeError(f"the draft model's context: {exc}") from exc
+        step_target = self.config.step_target_ms / 1000
+        return Drafter(context, self.spec.draft_p_min, self.config.prefill_chunk, step_target)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,6 +212,8 @@ class Engine:
     def close(self) -> None:
         self._accepting = False
         self._scheduler.stop()
+        if self.drafter is not None:
+            self.drafter.close()
         self.context.close()
         self.model.close()
 
@@ -190,16 +240,32 @@ class Engine:
 
     def describe_speculation(self) -> str:
         """One line for the start-up log: what speculative decoding does here."""
-        spec = self.spec
-        if not spec.enabled:
-            why = "turned off (--no-spec)" if not self.config.spec.enabled else "off: this model's state"
-            if self.config.spec.enabled:
-                why += " cannot drop rejected draft tokens (recurrent or hybrid model)"
-            return f"speculative decoding: {why}"
+        spec, drafter = self.spec, self.drafter
+        wanted = self.config.spec.enabled or self.config.draft_model_path
+        if not spec.enabled and drafter is None:
+            if wanted:
+                return (
+                    "speculative decoding: off: this model's state cannot drop rejected draft tokens "
+                    "(recurrent or hybrid model)"
+                )
+            return "speculative decoding: turned off (--no-spec, no --draft-model)"
+        sources = []
+        if spec.enabled:
+            sources.append(
+                f"grammar-forced tokens, prompt lookup ({spec.ngram_min}- to {spec.ngram_max}-token suffixes)"
+            )
+        if drafter is not None:
+            c = drafter.context
+            kv = c.n_ctx * drafter.model.kv_bytes_per_token(c.shape.cell_type) / (1 << 20)
+            sources.append(
+                f"the draft model {drafter.model.path.name} ({drafter.model.description}; same vocabulary, "
+                f"checked; its own context of {c.n_ctx_slot} tokens per slot, "
+                f"{CELL_TYPES[c.shape.cell_type][0]} cells, {kv:.1f} MiB KV; greedy guesses of probability "
+                f">= {spec.draft_p_min})"
+            )
         return (
-            f"speculative decoding: on; drafts from prompt lookup ({spec.ngram_min}- to "
-            f"{spec.ngram_max}-token suffixes) and grammar-forced tokens, up to {spec.draft_max} tokens a "
-            f"step per sequence, verified in the batch (lossless; adaptive per sequence)"
+            f"speculative decoding: on; drafts from {', then '.join(sources)}; up to {spec.draft_max} "
+            f"tokens a step per sequence, verified in the batch (lossless; adaptive per sequence)"
         )
 
     @property

@@ -9,8 +9,10 @@ from __future__ import annotations
 import bisect
 import codecs
 import ctypes
+import hashlib
 import itertools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp as C
@@ -97,6 +99,28 @@ class Model:
         if C.llama_vocab_type(self.vocab) not in (C.LLAMA_VOCAB_TYPE_SPM, C.LLAMA_VOCAB_TYPE_BPE):
             return None
         return max(len(self._render(t, special=True)) for t in range(self.n_vocab))
+
+    def vocabulary(self) -> Vocabulary:
+        """What a draft model must share with this one, cheapest to compare first (``digest`` last)."""
+        vocab = self.vocab
+        return Vocabulary(
+            kind=C.llama_vocab_type(vocab),
+            n_tokens=self.n_vocab,
+            bos=self.bos,
+            eos=self.eos,
+            eog=self.eog,
+            add_bos=self.add_bos,
+            add_eos=bool(C.llama_vocab_get_add_eos(vocab)),
+        )
+
+    def vocab_digest(self) -> str:
+        """sha256 of every token's text and attributes (normal, control, user-defined, ...) in id order:
+        two models with the same digest turn every id into the same text. About 2 µs a token."""
+        digest = hashlib.sha256()
+        for token in range(self.n_vocab):
+            digest.update(C.llama_vocab_get_text(self.vocab, token) or b"")
+            digest.update(b"\0%d\0" % C.llama_vocab_get_attr(self.vocab, token))
+        return digest.hexdigest()
 
     @property
     def description(self) -> str:
@@ -229,6 +253,18 @@ class Model:
         return self.tokenize(text, add_special=True)[-n:]
 
 
+class Vocabulary(msgspec.Struct, frozen=True):
+    """A vocabulary's shape: its kind (SentencePiece, BPE...), size and special tokens."""
+
+    kind: int
+    n_tokens: int
+    bos: int
+    eos: int
+    eog: frozenset[int]
+    add_bos: bool
+    add_eos: bool
+
+
 TAIL_MARGIN = 64  # tokens of a tail before the kept ones, where its cut may tokenize differently
 _WORD_SEARCH = 1024  # characters searched back for a word boundary before giving up on a tail
 
@@ -336,6 +372,7 @@ class Context:
         self.model = model
         self.shape = shape
         self.n_ctx: int = C.llama_n_ctx(self.ptr)
+        self.n_seq = n_seq
         self.n_ctx_slot: int = C.llama_n_ctx_seq(self.ptr)  # n_ctx / n_seq, rounded up to 256 cells
         self.n_batch: int = C.llama_n_batch(self.ptr)
         self.n_ubatch: int = C.llama_n_ubatch(self.ptr)
@@ -467,6 +504,18 @@ class Batch:
         self.seq_ids[i : i + n, 0] = seq_id
         self.wants_logits[i : i + n] = 1
         self.size = i + n
+
+    def add_run(self, tokens: Sequence[int], position: int, seq_id: int, last_logits: bool) -> int:
+        """Append ``tokens`` at positions ``position..``, logits for the last one only when
+        ``last_logits``; returns the last row."""
+        i, n = self.size, len(tokens)
+        self.tokens[i : i + n] = tokens
+        self.positions[i : i + n] = np.arange(position, position + n, dtype=np.int32)
+        self.seq_ids[i : i + n, 0] = seq_id
+        self.wants_logits[i : i + n] = 0
+        self.wants_logits[i + n - 1] = last_logits
+        self.size = i + n
+        return i + n - 1
 
     def seal(self) -> None:
         self.struct.n_tokens = self.size

@@ -24,12 +24,23 @@ import numpy.typing as npt
 
 from engine.batching import chunk_budget, draft_room, plan_prefill, prefill_left, track_cost
 from engine.constraint import Guide
+from engine.drafter import Drafter, DraftJob
 from engine.errors import GenerationError
 from engine.handle import RequestHandle, deliver
 from engine.llama import Context
 from engine.prompt_cache import RamCache, SlotView, place
 from engine.sampling import Sampler, log_softmax, top_tokens
-from engine.speculation import OFF, PromptLookup, SpecConfig, Throttle, share_rows
+from engine.speculation import (
+    FORCED,
+    LOOKUP,
+    MODEL,
+    NO_DRAFT,
+    OFF,
+    PromptLookup,
+    SpecConfig,
+    Throttle,
+    share_rows,
+)
 from engine.text import TextStream
 from engine.thinking import ANSWER, MARKER, Thought
 from engine.types import (
@@ -58,10 +69,10 @@ class Sequence:
         "decoded",
         "draft",
         "first_token",
-        "forced",
         "guide",
         "handle",
         "lookup",
+        "model_throttle",
         "n_cached",
         "n_generated",
         "n_reused",
@@ -71,11 +82,13 @@ class Sequence:
         "row",
         "sampler",
         "slot",
+        "source",
         "step_tokens",
         "submitted",
         "text",
         "thought",
         "throttle",
+        "wanted",
     )
 
     def __init__(self, request: GenerationRequest, handle: RequestHandle, guide: Guide | None = None) -> None:
@@ -92,12 +105,14 @@ class Sequence:
         self.row = -1  # batch row whose logits to sample this step, -1 for none
         self.step_tokens = 0  # tokens this sequence put in the current batch
         self.sampler: Sampler | None = None
-        # Speculation: the tokens guessed to follow next_token, decoded beside it this step (and
-        # whether the grammar forced them, rather than prompt lookup guessing them)
+        # Speculation: the tokens guessed to follow next_token, decoded beside it this step, and
+        # where they came from (engine/speculation.py: NO_DRAFT, FORCED, LOOKUP, MODEL)
         self.draft: list[int] = _NO_DRAFT
-        self.forced = False
+        self.source = NO_DRAFT
+        self.wanted = 0  # draft tokens asked of the draft model this step
         self.lookup: PromptLookup | None = None  # made on the first decode step, when speculating
-        self.throttle: Throttle | None = None
+        self.throttle: Throttle | None = None  # prompt lookup's
+        self.model_throttle: Throttle | None = None  # the draft model's
         self.text = TextStream(request.stop)
         self.thought = Thought(request.thinking) if request.thinking is not None else None
         self.cancelled = False
@@ -146,9 +161,11 @@ class Scheduler:
         step_target_seconds: float,
         cache_ram_bytes: int = 0,
         spec: SpecConfig = OFF,
+        drafter: Drafter | None = None,
     ) -> None:
         self.context = context
-        self.spec = spec
+        self.spec = spec  # prompt lookup and grammar-forced drafts when enabled
+        self.drafter = drafter  # drafts from a draft model, when one is loaded
         self.model = context.model
         self.prefill_chunk = prefill_chunk
         self.step_target_seconds = step_target_seconds
@@ -260,10 +277,15 @@ class Scheduler:
             seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
             if self.spec.enabled:
                 seq.throttle = Throttle(self.spec)
+            if self.drafter is not None:
+                seq.model_throttle = Throttle(self.spec)
+                self.drafter.admit(seq.slot, seq.prompt)
             self.running.append(seq)
 
     def _release(self, seq: Sequence) -> None:
         self._park(seq)
+        if self.drafter is not None:  # its draft slot keeps the sequence's tokens, for the next prompt
+            self.drafter.settle(seq.slot, len(seq.prompt) + len(seq.decoded))
         self.slots[seq.slot] = None
         self.free_slots.append(seq.slot)
         seq.slot = -1
@@ -319,8 +341,10 @@ class Scheduler:
         come, so slot order keeps a step to as few micro-batches as possible (one, when all decode).
         """
         n_decoding = sum(seq.prefilled for seq in self.running)
-        if n_decoding and self.spec.enabled:
+        if n_decoding and (self.spec.enabled or self.drafter is not None):
             n_decoding += self._plan_drafts()
+        elif self.drafter is not None:  # nobody decodes: the draft model may still prefill prompts
+            self._run_drafter([], 0)
         prefilling = [seq for seq in self.running if not seq.prefilled]
         if prefilling:
             self._plan_prefill(prefilling, n_decoding)
@@ -365,39 +389,81 @@ class Scheduler:
     def _plan_drafts(self) -> int:
         """Set ``draft`` of each decoding sequence for this step; returns the draft rows in all.
 
-        What the grammar forces comes first (it is certain); otherwise prompt lookup, as long as its
-        throttle allows. No draft reaches past ``max_tokens``: its tokens could never be emitted (and
-        ``submit`` checked that the prompt and ``max_tokens`` fit the slot, so neither can its cells).
+        What the grammar forces comes first (it is certain), then prompt lookup, then the draft model,
+        each as long as the sequence's throttle for it allows. The step's rows are shared out before
+        the draft model runs, so that it never guesses tokens that would not fit.
         """
         decoding = [seq for seq in self.running if seq.prefilled]
-        wanted: list[list[int]] = []
-        for seq in decoding:
-            draft = _NO_DRAFT
-            limit = min(seq.request.max_tokens - seq.n_generated - 1, self.spec.draft_max)
-            seq.forced = False
-            if limit > 0 and seq.guide is not None and (seq.thought is None or seq.thought.answering):
-                draft = seq.guide.forced(limit)
-                seq.forced = bool(draft)
-            if not draft and seq.throttle is not None:
-                allowed = min(seq.throttle.allowance(len(decoding)), limit)
-                if allowed > 0:
-                    if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
-                        history = (*seq.prompt, *seq.decoded, seq.next_token)
-                        seq.lookup = PromptLookup(history, self.spec.ngram_min, self.spec.ngram_max)
-                    draft = seq.lookup.draft(allowed)
-            wanted.append(draft)
+        wanted = [len(self._cheap_draft(seq, len(decoding))) or seq.wanted for seq in decoding]
         room = draft_room(
             len(decoding),
             self.context.batch.capacity,
             self.seconds_per_prompt_token,
             self.step_target_seconds,
         )
-        total = 0
-        granted = share_rows([len(d) for d in wanted], room)
-        for seq, draft, take in zip(decoding, wanted, granted, strict=True):
-            seq.draft = draft[:take] if take < len(draft) else draft
-            total += take
-        return total
+        jobs: list[tuple[Sequence, DraftJob]] = []
+        for seq, take in zip(decoding, share_rows(wanted, room), strict=True):
+            if seq.source == MODEL:
+                if take:
+                    assert self.drafter is not None
+                    pending = self.drafter.pending(seq.slot, seq.prompt, seq.decoded, seq.next_token)
+                    jobs.append((seq, DraftJob(seq.slot, pending, take)))
+            elif take < len(seq.draft):
+                seq.draft = seq.draft[:take]
+        if self.drafter is not None:
+            self._run_drafter(jobs, len(decoding))
+        return sum(len(seq.draft) for seq in decoding)
+
+    def _cheap_draft(self, seq: Sequence, n_decoding: int) -> list[int]:
+        """Set and return ``seq.draft`` from what costs no model: the grammar's forced tokens, else
+        prompt lookup; else, when the draft model's throttle allows, ask it for ``seq.wanted`` tokens.
+        No draft reaches past ``max_tokens``: its tokens could never be emitted (and ``submit`` checked
+        that the prompt and ``max_tokens`` fit the slot, so neither can its cells)."""
+        seq.draft, seq.source, seq.wanted = _NO_DRAFT, NO_DRAFT, 0
+        limit = min(seq.request.max_tokens - seq.n_generated - 1, self.spec.draft_max)
+        if limit <= 0:
+            return _NO_DRAFT
+        if self.spec.enabled:
+            if seq.guide is not None and (seq.thought is None or seq.thought.answering):
+                seq.draft = seq.guide.forced(limit)
+                if seq.draft:
+                    seq.source = FORCED
+                    return seq.draft
+            allowed = min(seq.throttle.allowance(n_decoding), limit) if seq.throttle is not None else 0
+            if allowed > 0:
+                if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
+                    history = (*seq.prompt, *seq.decoded, seq.next_token)
+                    seq.lookup = PromptLookup(history, self.spec.ngram_min, self.spec.ngram_max)
+                seq.draft = seq.lookup.draft(allowed)
+                if seq.draft:
+                    seq.source = LOOKUP
+                    return seq.draft
+        if seq.model_throttle is not None:
+            seq.wanted = min(seq.model_throttle.allowance(n_decoding), limit)
+            if seq.wanted > 0:
+                seq.source = MODEL
+        return _NO_DRAFT
+
+    def _run_drafter(self, jobs: list[tuple[Sequence, DraftJob]], n_decoding: int) -> None:
+        """Let the draft model draft for ``jobs`` and prefill the prompts its slots lack."""
+        assert self.drafter is not None
+        drafter, drafting = self.drafter, {seq.slot for seq, _ in jobs}
+        prompts = [
+            (seq.slot, seq.prompt)
+            for seq in self.running
+            if seq.slot not in drafting and drafter.lacking(seq.slot, len(seq.prompt))
+        ]
+        if not (jobs or prompts):
+            return
+        # The last step's events go out now, while the draft model's llama_decode lets go of the GIL
+        # (as _step does before the target's decode), rather than after all of its calls.
+        self._flush()
+        drafter.step([job for _, job in jobs], prompts, n_decoding)
+        for seq, job in jobs:
+            if job.tokens:
+                seq.draft = job.tokens
+            elif seq.model_throttle is not None:  # a call spent for nothing (unsure, or not caught up):
+                seq.model_throttle.record(1, 0)  # a miss, so that drafting pauses where it keeps failing
 
     def _verify(self, seq: Sequence) -> None:
         """Sample the rows of ``next_token`` and its draft in order, emitting each token as the plain
@@ -418,9 +484,15 @@ class Scheduler:
             self._sample(seq)
         self.draft_tokens += len(draft)
         self.draft_accepted += accepted
-        if seq.throttle is not None and not seq.forced:
-            seq.throttle.record(len(draft), accepted)
-        if accepted < len(draft) and seq.slot >= 0:  # still running (parking trims an ended one)
+        throttle = {LOOKUP: seq.throttle, MODEL: seq.model_throttle}.get(seq.source)
+        if throttle is not None:
+            throttle.record(len(draft), accepted)
+        if seq.slot < 0:  # it ended (parking trimmed its cells, in both contexts)
+            return
+        if seq.source == MODEL:
+            assert self.drafter is not None
+            self.drafter.settle(seq.slot, seq.n_cached)
+        if accepted < len(draft):
             try:
                 self.context.keep(seq.slot, seq.n_cached)
             except RuntimeError as exc:

@@ -22,7 +22,11 @@ import msgspec
 
 
 class SpecConfig(msgspec.Struct, frozen=True):
-    """Prompt-lookup speculation, per sequence. Defaults chosen by ``just bench --only spec``."""
+    """Speculation's settings, per sequence. Defaults chosen by ``just bench --only spec``.
+
+    ``enabled`` turns on the drafts that cost no model (prompt lookup, grammar-forced tokens: ``--spec``);
+    a draft model (``--draft-model``) is on whenever one is loaded, and drafts with the same lengths and
+    throttle settings."""
 
     enabled: bool = True
     ngram_min: int = 2  # shortest suffix looked up: shorter ones match too much in prose
@@ -34,6 +38,9 @@ class SpecConfig(msgspec.Struct, frozen=True):
     # 0.6 measured on this CPU (2 cores, the default model); near 0 where rows are almost free (GPUs).
     row_cost: float = 0.6
     pause_max: int = 256  # longest pause, in steps (pauses double from 4 while drafts keep failing)
+    # A draft model's guess goes into a draft only while the draft model gives it at least this
+    # probability (llama.cpp's default): an unsure guess is mostly rejected and costs a row and a call.
+    draft_p_min: float = 0.75
 
     def __post_init__(self) -> None:
         if not 1 <= self.ngram_min <= self.ngram_max:
@@ -42,9 +49,15 @@ class SpecConfig(msgspec.Struct, frozen=True):
             raise ValueError("the draft lengths must satisfy 1 <= draft_start <= draft_max")
         if not 0.0 <= self.row_cost <= 1.0:
             raise ValueError("row_cost must be between 0 and 1")
+        if not 0.0 <= self.draft_p_min <= 1.0:
+            raise ValueError("draft_p_min must be between 0 and 1")
 
 
 OFF = SpecConfig(enabled=False)
+
+# Where a sequence's draft of this step came from. Each guessing source has its own throttle (a source
+# that fails for a sequence must not silence the other); what a grammar forces needs none.
+NO_DRAFT, FORCED, LOOKUP, MODEL = range(4)
 
 _FIRST_PAUSE = 4
 

@@ -167,15 +167,32 @@ def main() -> None:
     default=False,
     help="Speculative decoding (experimental, off by default): guess the tokens ahead from the request's "
     "own text (prompt lookup) and from what a grammar forces, and verify the guesses in the same batch; "
-    "adaptive per request. On the 2-core CPU it was measured on, its gains did not reach their goals, "
-    "and in the fast context shape greedy text can part from the plain loop's at a near-tie (README).",
+    "adaptive per request. On the 2-core CPU it was measured on, its gains did not reach their goals, and "
+    "in the fast context shape greedy text can part from the plain loop's at a near-tie (README). Drafts "
+    "from a draft model do not need this switch: --draft-model turns them on.",
+)
+@_option(
+    "--draft-model",
+    envvar="DRAFT_MODEL",
+    default=None,
+    help="A smaller model of the same vocabulary that drafts for every request (a GGUF file, or a name the "
+    "store knows, as for --model): its guesses are verified in the batch, so the output is the served "
+    "model's. Checked at start-up (same tokens, same special tokens; else exit 1). It turns drafts from "
+    "this model on whatever --spec says; --spec adds grammar-forced and prompt-lookup drafts, tried first.",
+)
+@_option(
+    "--draft-p-min",
+    envvar="DRAFT_P_MIN",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.75,
+    help="The draft model's guess ends at the first token it gives less than this probability.",
 )
 @_option(
     "--spec-draft-max",
     envvar="SPEC_DRAFT_MAX",
     type=click.IntRange(min=1),
     default=16,
-    help="Most draft tokens one request verifies per step.",
+    help="Most draft tokens one request verifies per step (from any source, the draft model's too).",
 )
 @_option(
     "--spec-ngram-min",
@@ -302,6 +319,8 @@ def serve(**options: object) -> None:
 
     try:
         options["model"] = resolve_model_path(options["model"])  # type: ignore[arg-type]
+        if options["draft_model"] is not None:
+            options["draft_model"] = resolve_model_path(options["draft_model"])  # type: ignore[arg-type]
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     if options["threads"] is None:

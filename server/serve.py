@@ -37,6 +37,8 @@ class ServeOptions(msgspec.Struct, frozen=True):
     ubatch_size: int | None
     step_target_ms: float
     spec: bool
+    draft_model: Path | None
+    draft_p_min: float
     spec_draft_max: int
     spec_ngram_min: int
     spec_ngram_max: int
@@ -59,6 +61,8 @@ class ServeOptions(msgspec.Struct, frozen=True):
 def run(o: ServeOptions) -> int:
     ctx = "auto" if o.ctx_size is None else o.ctx_size
     log.info("loading %s (ctx %s, %d slots, %d threads)", o.model, ctx, o.parallel, o.threads)
+    if o.draft_model is not None:
+        log.info("loading the draft model %s", o.draft_model)
     try:
         engine = Engine(
             EngineConfig(
@@ -81,7 +85,9 @@ def run(o: ServeOptions) -> int:
                     draft_max=o.spec_draft_max,
                     draft_start=min(SpecConfig().draft_start, o.spec_draft_max),
                     row_cost=o.spec_row_cost,
+                    draft_p_min=o.draft_p_min,
                 ),
+                draft_model_path=None if o.draft_model is None else str(o.draft_model),
             )
         )
     except RuntimeError as exc:
