@@ -186,7 +186,7 @@ class Scheduler:
         self.steps = 0
         self.draft_tokens = 0  # draft tokens decoded for verification
         self.draft_accepted = 0  # ... of which the model agreed with (each one a token gained)
-        self._prompt_rows = 0  # prompt tokens in the current step's batch
+        self._prompt_rows = 0  # prompt and draft rows in the current step's batch
         self._outbox: list[tuple[RequestHandle, Event]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -303,7 +303,7 @@ class Scheduler:
         self._flush()
         started = time.perf_counter()
         code = self.context.decode()
-        if self._prompt_rows:  # prompt tokens in it: a step the cost model is for
+        if self._prompt_rows:  # prompt or draft rows in it: a step the cost model is for
             self._measure(batch, time.perf_counter() - started)
         if code != 0:
             # Admission keeps every request within its slot's cells, so this is llama.cpp failing
@@ -340,7 +340,7 @@ class Scheduler:
         cuts a batch into micro-batches of consecutive slots (one KV stream each) in the order they
         come, so slot order keeps a step to as few micro-batches as possible (one, when all decode).
         """
-        n_decoding = sum(seq.prefilled for seq in self.running)
+        n_decoding = n_plain = sum(seq.prefilled for seq in self.running)
         if n_decoding and (self.spec.enabled or self.drafter is not None):
             n_decoding += self._plan_drafts()
         elif self.drafter is not None:  # nobody decodes: the draft model may still prefill prompts
@@ -365,7 +365,9 @@ class Scheduler:
             else:
                 continue
             members.append(seq)
-        self._prompt_rows = buffer.size - n_decoding
+        # Prompt and draft rows: a step with either teaches the cost model (a verification step too, or
+        # one slow prefill step beside a stream would starve the drafts until the next prefill).
+        self._prompt_rows = buffer.size - n_plain
         buffer.seal()
         return members
 
