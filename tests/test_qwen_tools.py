@@ -40,6 +40,7 @@ from server.conversation.tool_formats import (
 from server.conversation.types import Tool
 from server.openai.conversation import conversation
 from server.openai.wire import ChatCompletionRequest
+from tests import model_variants
 from tests.test_tools import ASK, SCHEMAS, TIME_CHOICE, TOOLS, get_weather, reassemble, sdk
 
 
@@ -290,3 +291,40 @@ def test_the_openai_agents_sdk_runs_the_tool(qwen_url: str) -> None:
     except Exception as exc:  # MaxTurnsExceeded: the model called again; the tool still ran
         assert type(exc).__name__ == "MaxTurnsExceeded", exc
     assert ran and "Paris" in ran[0]
+
+
+# -- a thought before the call, on the real model ------------------------------------------------------
+
+# Qwen2.5's vocabulary pads its ids up to 151935; Qwen3 made 151667/151668 its <think> and </think>.
+# Renamed so, under Qwen3's template, the real tool model has Qwen3's markers at Qwen3's ids.
+QWEN3_THINK = {151667: "<think>", 151668: "</think>"}
+
+
+@pytest.fixture(scope="module")
+def qwen3_ids_url(qwen_path: str) -> Iterator[str]:
+    template = (model_variants.TEMPLATES / "qwen3.jinja").read_text()
+    model = model_variants.with_tokens(Path(qwen_path), QWEN3_THINK, template, "qwen3-ids")
+    with running_server(str(model), ["--threads", "2", "--parallel", "1", "--reasoning-budget", "8"]) as url:
+        yield url
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_call_follows_a_thought_on_the_real_model(qwen3_ids_url: str, stream: bool) -> None:
+    fields: dict[str, Any] = {"tool_choice": "required", "logit_bias": {"151667": 100}, "max_tokens": 80}
+    if stream:
+        chunks = list(create(qwen3_ids_url, stream=True, **fields))
+        thought = "".join(
+            getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
+        )
+        rebuilt, _, reason = reassemble(chunks)
+        assert reason == "tool_calls"
+        calls = [(c["name"], c["arguments"]) for c in rebuilt.values()]
+    else:
+        message = create(qwen3_ids_url, **fields).choices[0].message
+        thought = message.reasoning_content
+        calls = [(c.function.name, c.function.arguments) for c in message.tool_calls]
+    assert thought == "<think>" * 8  # the model opened it (steered), the budget closed it
+    valid_calls(calls)
+    auto = create(qwen3_ids_url).choices[0].message  # unsteered: Qwen2.5 does not think, and calls
+    assert getattr(auto, "reasoning_content", None) is None
+    valid_calls([(c.function.name, c.function.arguments) for c in auto.tool_calls or ()])
