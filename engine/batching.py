@@ -41,16 +41,18 @@ def chunk_budget(
 
 
 def draft_room(
-    n_decoding: int, max_batch: int, seconds_per_token: float | None, target_seconds: float
+    n_decoding: int, max_batch: int, seconds_per_token: float | None, target_seconds: float, *, alone: bool
 ) -> int:
     """Draft rows the next step may carry beside ``n_decoding`` decode tokens (speculation).
 
     A draft row costs about what a prompt token does, so once that cost is known the drafts keep the
     step within the same target as prefill does; before, only the batch bounds them (each sequence's
-    own draft length is small, and its throttle shortens drafts that fail).
+    own draft length is small, and its throttle shortens drafts that fail). ``alone``: one sequence is
+    in the step, so a long step delays nobody else's token, and its draft is bounded only by the batch
+    (and its own throttle): a long draft that is right is where speculation gains most.
     """
     room = max_batch - n_decoding
-    if seconds_per_token is None:
+    if seconds_per_token is None or alone:
         return room
     return max(0, min(room, int(target_seconds / seconds_per_token) - n_decoding))
 

@@ -36,6 +36,8 @@ from engine.speculation import (
     MODEL,
     NO_DRAFT,
     OFF,
+    POOL,
+    NgramPool,
     PromptLookup,
     SpecConfig,
     Throttle,
@@ -77,6 +79,7 @@ class Sequence:
         "n_generated",
         "n_reused",
         "next_token",
+        "pool_throttle",
         "prompt",
         "request",
         "row",
@@ -112,6 +115,7 @@ class Sequence:
         self.wanted = 0  # draft tokens asked of the draft model this step
         self.lookup: PromptLookup | None = None  # made on the first decode step, when speculating
         self.throttle: Throttle | None = None  # prompt lookup's
+        self.pool_throttle: Throttle | None = None  # the shared pool's
         self.model_throttle: Throttle | None = None  # the draft model's
         self.text = TextStream(request.stop)
         self.thought = Thought(request.thinking) if request.thinking is not None else None
@@ -166,6 +170,9 @@ class Scheduler:
         self.context = context
         self.spec = spec  # prompt lookup and grammar-forced drafts when enabled
         self.drafter = drafter  # drafts from a draft model, when one is loaded
+        # what earlier requests wrote, for drafts across requests (with prompt lookup, when enabled)
+        sharing = spec.enabled and spec.pool_tokens > 0
+        self.pool = NgramPool(spec.pool_ngram, spec.pool_tokens) if sharing else None
         self.model = context.model
         self.prefill_chunk = prefill_chunk
         self.step_target_seconds = step_target_seconds
@@ -277,6 +284,7 @@ class Scheduler:
             seq.sampler = Sampler(seq.request.sampling, self.model.n_vocab)
             if self.spec.enabled:
                 seq.throttle = Throttle(self.spec)
+                seq.pool_throttle = Throttle(self.spec, pool=True) if self.pool is not None else None
             if self.drafter is not None:
                 seq.model_throttle = Throttle(self.spec)
                 self.drafter.admit(seq.slot, seq.prompt)
@@ -284,6 +292,8 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         self._park(seq)
+        if self.pool is not None and seq.lookup is not None:  # what it wrote, for later requests' drafts
+            self.pool.add(seq.lookup.tokens, len(seq.prompt))
         if self.drafter is not None:  # its draft slot keeps the sequence's tokens, for the next prompt
             self.drafter.settle(seq.slot, len(seq.prompt) + len(seq.decoded))
         self.slots[seq.slot] = None
@@ -402,6 +412,7 @@ class Scheduler:
             self.context.batch.capacity,
             self.seconds_per_prompt_token,
             self.step_target_seconds,
+            alone=len(self.running) == 1,
         )
         jobs: list[tuple[Sequence, DraftJob]] = []
         for seq, take in zip(decoding, share_rows(wanted, room), strict=True):
@@ -417,33 +428,48 @@ class Scheduler:
         return sum(len(seq.draft) for seq in decoding)
 
     def _cheap_draft(self, seq: Sequence, n_decoding: int) -> list[int]:
-        """Set and return ``seq.draft`` from what costs no model: the grammar's forced tokens, else
-        prompt lookup; else, when the draft model's throttle allows, ask it for ``seq.wanted`` tokens.
+        """Set and return ``seq.draft`` from what costs no model: the grammar's forced tokens, else the
+        shared pool or prompt lookup; else, when the draft model's throttle allows, ask it for
+        ``seq.wanted`` tokens.
         No draft reaches past ``max_tokens``: its tokens could never be emitted (and ``submit`` checked
         that the prompt and ``max_tokens`` fit the slot, so neither can its cells)."""
         seq.draft, seq.source, seq.wanted = _NO_DRAFT, NO_DRAFT, 0
-        limit = min(seq.request.max_tokens - seq.n_generated - 1, self.spec.draft_max)
+        limit = seq.request.max_tokens - seq.n_generated - 1
         if limit <= 0:
             return _NO_DRAFT
         if self.spec.enabled:
             if seq.guide is not None and (seq.thought is None or seq.thought.answering):
-                seq.draft = seq.guide.forced(limit)
+                seq.draft = seq.guide.forced(min(limit, self.spec.draft_max))
                 if seq.draft:
                     seq.source = FORCED
                     return seq.draft
-            allowed = min(seq.throttle.allowance(n_decoding), limit) if seq.throttle is not None else 0
-            if allowed > 0:
-                if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
-                    history = (*seq.prompt, *seq.decoded, seq.next_token)
-                    seq.lookup = PromptLookup(history, self.spec.ngram_min, self.spec.ngram_max)
-                seq.draft = seq.lookup.draft(allowed)
-                if seq.draft:
-                    seq.source = LOOKUP
-                    return seq.draft
+            if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
+                history = (*seq.prompt, *seq.decoded, seq.next_token)
+                seq.lookup = PromptLookup(history, self.spec.ngram_min, self.spec.ngram_max)
+            if draft := self._guess(seq, n_decoding, limit):
+                seq.draft = draft
+                return draft
+        limit = min(limit, self.spec.draft_max)
         if seq.model_throttle is not None:
             seq.wanted = min(seq.model_throttle.allowance(n_decoding), limit)
             if seq.wanted > 0:
                 seq.source = MODEL
+        return _NO_DRAFT
+
+    def _guess(self, seq: Sequence, n_decoding: int, limit: int) -> list[int]:
+        """A draft from the shared pool (its long match, where there is one, is the surer guess), else
+        from prompt lookup, each as long as its throttle allows; sets ``seq.source``."""
+        assert seq.lookup is not None
+        history = seq.lookup.tokens
+        if self.pool is not None and seq.pool_throttle is not None:
+            allowed = min(seq.pool_throttle.allowance(n_decoding), limit)
+            if allowed and (draft := self.pool.draft(history, allowed)):
+                seq.source = POOL
+                return draft
+        allowed = min(seq.throttle.allowance(n_decoding), limit) if seq.throttle is not None else 0
+        if allowed and (draft := seq.lookup.draft(allowed)):
+            seq.source = LOOKUP
+            return draft
         return _NO_DRAFT
 
     def _run_drafter(self, jobs: list[tuple[Sequence, DraftJob]], n_decoding: int) -> None:
@@ -486,7 +512,7 @@ class Scheduler:
             self._sample(seq)
         self.draft_tokens += len(draft)
         self.draft_accepted += accepted
-        throttle = {LOOKUP: seq.throttle, MODEL: seq.model_throttle}.get(seq.source)
+        throttle = {POOL: seq.pool_throttle, LOOKUP: seq.throttle, MODEL: seq.model_throttle}.get(seq.source)
         if throttle is not None:
             throttle.record(len(draft), accepted)
         if seq.slot < 0:  # it ended (parking trimmed its cells, in both contexts)

@@ -8,6 +8,10 @@ in the same ``llama_decode`` as everything else and keeps the part the model agr
   up in its own prompt and output, and the tokens that followed their latest earlier occurrence are
   the draft. It costs a few dict operations per token, and copies what a request quotes (a file being
   rewritten, tool arguments repeating the question) at the model's own speed of verification.
+- :class:`NgramPool` guesses from what earlier requests wrote: one table for all sequences, kept across
+  requests (llama-server's ngram-mod), so a request sent again (a retry, a regeneration, an agent
+  redoing a step) or text a model writes again in a later request is drafted from its first token,
+  past what its own prompt holds.
 - :class:`Throttle` decides per sequence how many tokens to draft: the length follows the recent
   acceptance and what a row costs (more when other sequences share the step), and drafting pauses,
   longer each time, while drafts do not pay, so free prose pays almost nothing for it.
@@ -17,6 +21,7 @@ in the same ``llama_decode`` as everything else and keeps the part the model agr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import msgspec
 
@@ -31,8 +36,8 @@ class SpecConfig(msgspec.Struct, frozen=True):
     enabled: bool = True
     ngram_min: int = 2  # shortest suffix looked up: shorter ones match too much in prose
     ngram_max: int = 4  # longest suffix looked up first: the more it matches, the better the guess
-    draft_max: int = 16  # most draft tokens per sequence and step
-    draft_start: int = 4  # draft length of a new sequence (then doubled or halved by acceptance)
+    draft_max: int = 64  # most draft tokens per sequence and step: a right one gains more the longer
+    draft_start: int = 4  # draft length of a new sequence (then grown or cut by acceptance)
     patience: int = 2  # drafts in a row with nothing accepted before drafting pauses
     # One more row's cost relative to a decode step of one sequence: what a draft token must be worth.
     # 0.6 measured on this CPU (2 cores, the default model); near 0 where rows are almost free (GPUs).
@@ -41,6 +46,12 @@ class SpecConfig(msgspec.Struct, frozen=True):
     # A draft model's guess goes into a draft only while the draft model gives it at least this
     # probability (llama.cpp's default): an unsure guess is mostly rejected and costs a row and a call.
     draft_p_min: float = 0.75
+    # The shared pool: the n-gram that keys it (long, as it spans requests: a short one would match
+    # any two texts sharing a phrase), how many output tokens it remembers (0: no pool), and the
+    # length its drafts start at, longer than prompt lookup's: a 12-token match there is mostly right.
+    pool_ngram: int = 12
+    pool_tokens: int = 1 << 18
+    pool_draft_start: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.ngram_min <= self.ngram_max:
@@ -51,13 +62,17 @@ class SpecConfig(msgspec.Struct, frozen=True):
             raise ValueError("row_cost must be between 0 and 1")
         if not 0.0 <= self.draft_p_min <= 1.0:
             raise ValueError("draft_p_min must be between 0 and 1")
+        if self.pool_ngram < 1 or self.pool_tokens < 0:
+            raise ValueError("the pool needs pool_ngram >= 1 and pool_tokens >= 0")
+        if self.pool_draft_start < 1:
+            raise ValueError("pool_draft_start must be at least 1")
 
 
 OFF = SpecConfig(enabled=False)
 
 # Where a sequence's draft of this step came from. Each guessing source has its own throttle (a source
 # that fails for a sequence must not silence the other); what a grammar forces needs none.
-NO_DRAFT, FORCED, LOOKUP, MODEL = range(4)
+NO_DRAFT, FORCED, POOL, LOOKUP, MODEL = range(5)
 
 _FIRST_PAUSE = 4
 
@@ -105,14 +120,61 @@ class PromptLookup:
         return []
 
 
+class NgramPool:
+    """Drafts from what earlier sequences wrote: the hash of each ``n``-gram of their outputs (the end
+    of their prompt included, where the first tokens' n-grams begin) maps to the token that followed
+    it, the latest one written winning. A draft follows the chain from a sequence's last ``n`` tokens.
+
+    Holds at most ``capacity`` entries; past that the oldest written go first. Keys are hashes, not
+    the n-grams, to keep an entry small (a collision only makes a draft that verification rejects).
+    """
+
+    __slots__ = ("_capacity", "_n", "_table")
+
+    def __init__(self, n: int, capacity: int) -> None:
+        self._n = n
+        self._capacity = capacity
+        self._table: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def add(self, tokens: Sequence[int], n_prompt: int) -> None:
+        """Remember a finished sequence's output: ``tokens`` is its history, the first ``n_prompt``
+        its prompt."""
+        n = self._n
+        written = tokens[max(n_prompt - n, 0) :]
+        grams = zip(*(written[i:] for i in range(n)), strict=False)  # C speed, as in PromptLookup
+        table = self._table
+        table.update(zip(map(hash, grams), written[n:], strict=False))
+        excess = len(table) - self._capacity
+        if excess > 0:  # dicts keep insertion order: the oldest entries come first
+            for key in list(islice(table, excess)):
+                del table[key]
+
+    def draft(self, history: Sequence[int], limit: int) -> list[int]:
+        """At most ``limit`` tokens guessed to follow ``history``; empty when its end is not known."""
+        n = self._n
+        if len(history) < n or not self._table:
+            return []
+        window = list(history[-n:])
+        get = self._table.get
+        draft: list[int] = []
+        while len(draft) < limit and (token := get(hash(tuple(window)))) is not None:
+            draft.append(token)
+            window.append(token)
+            del window[0]
+        return draft
+
+
 class Throttle:
     """How many tokens one sequence drafts next step: its recent drafts decide.
 
-    ``length`` doubles after a draft accepted whole (a copied span tends to go on) and halves after one
-    less than half accepted (between 1 and ``draft_max``, from ``draft_start``). ``patience`` drafts in
-    a row with nothing accepted pause drafting for a number of steps that doubles each time it happens
-    again (up to ``pause_max``), reset once a draft is accepted in part: a sequence writing prose soon
-    drafts almost never.
+    ``length`` doubles after a draft accepted whole (a copied span tends to go on) and shrinks to twice
+    the part accepted after one less than half accepted (between 1 and ``draft_max``, from
+    ``draft_start``). ``patience`` drafts in a row with nothing accepted pause drafting for a number of
+    steps that doubles each time it happens again (up to ``pause_max``), reset once a draft is accepted
+    in part: a sequence writing prose soon drafts almost never.
 
     Beside other sequences a draft row costs nearly a whole row of the step (:func:`row_value`), so
     there a sequence drafts only while its recent yield (draft tokens accepted per draft token, decayed
@@ -123,9 +185,10 @@ class Throttle:
 
     __slots__ = ("_accepted", "_config", "_drafted", "_misses", "_next_pause", "_paused", "length")
 
-    def __init__(self, config: SpecConfig) -> None:
+    def __init__(self, config: SpecConfig, *, pool: bool = False) -> None:
+        """``pool``: the shared pool's throttle, whose drafts start longer."""
         self._config = config
-        self.length = config.draft_start
+        self.length = min(config.pool_draft_start, config.draft_max) if pool else config.draft_start
         self._accepted, self._drafted = _PRIOR_ACCEPTED, _PRIOR_DRAFTED
         self._misses = 0
         self._paused = 0  # steps left without a draft
@@ -154,8 +217,8 @@ class Throttle:
         self._drafted = self._drafted * keep + drafted
         if accepted == drafted:
             self.length = min(self.length * 2, config.draft_max)
-        elif 2 * accepted < drafted:
-            self.length = max(self.length // 2, 1)
+        elif 2 * accepted < drafted:  # to twice the run it got right: a long draft that fails soon is dear
+            self.length = max(2 * accepted, 1)
         if accepted:
             self._misses = 0
             self._next_pause = _FIRST_PAUSE

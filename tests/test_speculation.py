@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.batching import draft_room
-from engine.speculation import PromptLookup, SpecConfig, Throttle, row_value, share_rows
+from engine.speculation import NgramPool, PromptLookup, SpecConfig, Throttle, row_value, share_rows
 
 
 def test_lookup_drafts_what_followed_the_latest_earlier_occurrence_of_the_suffix() -> None:
@@ -48,7 +48,46 @@ def test_lookup_appending_equals_indexing_the_whole_history_at_once() -> None:
         assert grown.draft(5) == whole.draft(5), split
 
 
-def test_the_throttle_doubles_on_full_acceptance_and_halves_on_poor_acceptance() -> None:
+def test_the_pool_drafts_an_earlier_output_from_its_prompt_s_end_on() -> None:
+    pool = NgramPool(3, 100)
+    prompt, output = [1, 2, 3, 4, 5], [6, 7, 8, 9]
+    pool.add([*prompt, *output], len(prompt))
+    assert pool.draft([9, 3, 4, 5], 10) == [6, 7, 8, 9]  # the same prompt's end: the whole answer
+    assert pool.draft([3, 4, 5, 6], 2) == [7, 8]
+    assert pool.draft([1, 2, 3], 5) == []  # inside the prompt: prompt lookup's part, not remembered
+    assert pool.draft([5, 6], 5) == []  # shorter than an n-gram
+
+
+def test_the_pool_follows_the_latest_output_and_forgets_the_oldest_past_its_capacity() -> None:
+    pool = NgramPool(2, 5)
+    pool.add([1, 2, 3, 4, 5, 6], 2)  # (1, 2) (2, 3) (3, 4) (4, 5), each with what followed it
+    pool.add([1, 2, 7, 8], 2)  # (1, 2) is now followed by 7; (2, 7) is new: 5 entries
+    assert pool.draft([1, 2], 3) == [7, 8]
+    assert len(pool) == 5
+    pool.add([9, 9, 9, 1], 0)  # (9, 9) followed by 9, then by 1: the latest wins
+    assert len(pool) == 5  # one past the capacity: the oldest entry, (1, 2), went
+    assert pool.draft([1, 2], 3) == []
+    assert pool.draft([2, 3], 2) == [4, 5]
+    assert pool.draft([9, 9], 3) == [1]
+
+
+def test_a_pool_draft_that_cycles_stops_at_its_limit() -> None:
+    pool = NgramPool(1, 10)
+    pool.add([5, 6, 5, 6], 0)
+    assert pool.draft([5], 5) == [6, 5, 6, 5, 6]
+
+
+def test_the_pool_s_drafts_start_longer() -> None:
+    config = SpecConfig(draft_start=4, draft_max=64, pool_draft_start=16)
+    throttle = Throttle(config, pool=True)
+    assert throttle.allowance() == 16
+    throttle.record(16, 16)
+    throttle.record(32, 32)
+    throttle.record(64, 64)
+    assert throttle.allowance() == 64
+
+
+def test_the_throttle_doubles_on_full_acceptance_and_cuts_to_twice_what_poor_acceptance_got() -> None:
     config = SpecConfig(draft_start=4, draft_max=16)
     throttle = Throttle(config)
     assert throttle.allowance() == 4
@@ -60,7 +99,7 @@ def test_the_throttle_doubles_on_full_acceptance_and_halves_on_poor_acceptance()
     throttle.record(16, 10)  # more than half accepted: keeps its length
     assert throttle.allowance() == 16
     throttle.record(16, 3)
-    assert throttle.allowance() == 8
+    assert throttle.allowance() == 6
 
 
 def test_drafts_that_keep_failing_pause_drafting_longer_each_time() -> None:
@@ -104,10 +143,16 @@ def test_share_rows_gives_short_drafts_all_they_want_and_splits_the_rest() -> No
 
 
 def test_draft_room_keeps_a_step_near_its_target_once_a_row_cost_is_known() -> None:
-    assert draft_room(4, 512, None, 0.1) == 508  # before any measurement: only the batch bounds it
-    assert draft_room(4, 512, 0.005, 0.1) == 16  # 20 rows fit 100 ms at 5 ms a row
-    assert draft_room(30, 512, 0.005, 0.1) == 0
-    assert draft_room(4, 8, 0.001, 0.1) == 4
+    assert draft_room(4, 512, None, 0.1, alone=False) == 508  # before any measurement: the batch bounds it
+    assert draft_room(4, 512, 0.005, 0.1, alone=False) == 16  # 20 rows fit 100 ms at 5 ms a row
+    assert draft_room(30, 512, 0.005, 0.1, alone=False) == 0
+    assert draft_room(4, 8, 0.001, 0.1, alone=False) == 4
+
+
+def test_a_sequence_alone_in_its_step_drafts_past_the_step_target() -> None:
+    # nobody else's token waits for the step, so only the batch (and the throttle) bound its draft
+    assert draft_room(1, 512, 0.005, 0.1, alone=True) == 511
+    assert draft_room(1, 512, 0.005, 0.1, alone=False) == 19
 
 
 def test_the_config_refuses_sizes_that_make_no_sense() -> None:
