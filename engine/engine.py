@@ -251,9 +251,13 @@ class Engine:
             return "speculative decoding: turned off (--no-spec, no --draft-model)"
         sources = []
         if spec.enabled:
-            sources.append(
-                f"grammar-forced tokens, prompt lookup ({spec.ngram_min}- to {spec.ngram_max}-token suffixes)"
-            )
+            sources.append("grammar-forced tokens")
+            if spec.pool_tokens:
+                sources.append(
+                    f"earlier answers (a pool shared by all requests: {spec.pool_tokens} tokens, "
+                    f"{spec.pool_ngram}-token keys)"
+                )
+            sources.append(f"prompt lookup ({spec.ngram_min}- to {spec.ngram_max}-token suffixes)")
         if drafter is not None:
             c = drafter.context
             kv = c.n_ctx * drafter.model.kv_bytes_per_token(c.shape.cell_type) / (1 << 20)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from engine.speculation import SpecConfig
 from models import DEFAULT_MODEL, KNOWN_MODELS, ModelError, ensure_model, model_dir, resolve_model_path
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -164,12 +165,12 @@ def main() -> None:
 @_option(
     "--spec/--no-spec",
     envvar="SPEC",
-    default=False,
-    help="Speculative decoding (experimental, off by default): guess the tokens ahead from the request's "
-    "own text (prompt lookup) and from what a grammar forces, and verify the guesses in the same batch; "
-    "adaptive per request. On the 2-core CPU it was measured on, its gains did not reach their goals, and "
-    "in the fast context shape greedy text can part from the plain loop's at a near-tie (README). Drafts "
-    "from a draft model do not need this switch: --draft-model turns them on.",
+    default=None,
+    help="Speculative decoding: guess the tokens ahead from what a grammar forces, from earlier answers "
+    "and from the request's own text (prompt lookup), and verify the guesses in the same batch, lossless "
+    "and adaptive per request. Default: on, except with --deterministic, whose context shape makes a "
+    "draft row dear on a CPU. Drafts from a draft model do not need this switch: --draft-model turns "
+    "them on.",
 )
 @_option(
     "--draft-model",
@@ -191,8 +192,17 @@ def main() -> None:
     "--spec-draft-max",
     envvar="SPEC_DRAFT_MAX",
     type=click.IntRange(min=1),
-    default=16,
+    default=SpecConfig().draft_max,
     help="Most draft tokens one request verifies per step (from any source, the draft model's too).",
+)
+@_option(
+    "--spec-pool-tokens",
+    envvar="SPEC_POOL_TOKENS",
+    type=click.IntRange(min=0),
+    default=SpecConfig().pool_tokens,
+    help="With --spec: output tokens of finished requests remembered for drafts (a pool shared by all "
+    "requests, keyed by their last 12 tokens): a request close to an earlier one is drafted from what "
+    "that one wrote. 0 turns the pool off.",
 )
 @_option(
     "--spec-ngram-min",

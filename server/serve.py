@@ -36,13 +36,14 @@ class ServeOptions(msgspec.Struct, frozen=True):
     batch_size: int
     ubatch_size: int | None
     step_target_ms: float
-    spec: bool
+    spec: bool | None  # None: on unless deterministic
     draft_model: Path | None
     draft_p_min: float
     spec_draft_max: int
     spec_ngram_min: int
     spec_ngram_max: int
     spec_row_cost: float
+    spec_pool_tokens: int
     api_key: str | None
     max_input_tokens: int | None
     max_total_tokens: int | None
@@ -79,13 +80,14 @@ def run(o: ServeOptions) -> int:
                 max_concurrent_requests=o.max_concurrent_requests,
                 cache_ram_mib=o.cache_ram,
                 spec=SpecConfig(
-                    enabled=o.spec,
+                    enabled=not o.deterministic if o.spec is None else o.spec,
                     ngram_min=o.spec_ngram_min,
                     ngram_max=o.spec_ngram_max,
                     draft_max=o.spec_draft_max,
                     draft_start=min(SpecConfig().draft_start, o.spec_draft_max),
                     row_cost=o.spec_row_cost,
                     draft_p_min=o.draft_p_min,
+                    pool_tokens=o.spec_pool_tokens,
                 ),
                 draft_model_path=None if o.draft_model is None else str(o.draft_model),
             )
