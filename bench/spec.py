@@ -4,8 +4,10 @@ drafters, on three workloads, 1 and 4 streams, rounds interleaved (``just bench 
 (a) editing: an 80-line source file in the prompt, "rewrite it with one name changed" (the answer
 copies the prompt); (b) a tool call whose arguments quote the request (a named tool: constrained);
 (c) free prose. Every request is greedy, read by the ordinary parsing client. Each target answers one
-request of each workload before the rounds, so that every prompt is in its prompt cache and the
-figures measure decoding, as a conversation's later turns see it.
+request of each workload before the rounds, so that the prompts are in its prompt cache and the
+figures measure decoding, as a conversation's later turns see it. Each round words its requests anew
+(another name, recipient, story: see ``RENAMES``), so that drafts remembered from earlier answers
+meet a request close to those, as an agent's next ones are, and never a replay of one.
 
 The draft-model row (``just bench --only spec-draft``): a Q8_0 copy of the model as the target and a
 Q4_0 copy as its draft model (tests/model_variants.py makes both), against the same target without
@@ -135,16 +137,36 @@ SEND_EMAIL = {
 }
 
 
-def workloads(n_tokens: int) -> dict[str, dict[str, Any]]:
-    """The request body of each workload (chat completions, greedy)."""
+# Each round asks for something else (another name, another recipient, another story), so that a
+# drafter that remembers earlier answers (llama-server's ngram-mod, our shared pool) meets requests
+# like an agent's later ones, close to what it has seen, never the same: resending one greedy request
+# would measure replaying its answer, not copying the prompt.
+RENAMES = ("Warehouse", "Depot", "Storehouse", "Stockroom", "Repository", "Cellar", "Pantry", "Vault")
+RECIPIENTS = ("sam", "maria", "lee", "noor", "ivan", "grace", "tomas", "aiko")
+SUBJECTS = (
+    "a lighthouse keeper who finds a message in a bottle",
+    "a baker who wakes up able to hear bread rising",
+    "two rival clockmakers snowed in at the same inn",
+    "a cartographer who maps a city that moves at night",
+    "a retired astronaut who teaches a village to read the stars",
+    "a girl who trains a crow to deliver letters",
+    "a ferry captain on the last crossing before a storm",
+    "a librarian who finds a book that writes itself",
+)
+
+
+def workloads(n_tokens: int, variant: int = 0) -> dict[str, dict[str, Any]]:
+    """The request body of each workload (chat completions, greedy), in its ``variant``-th wording."""
+    rename, recipient, subject = (names[variant % len(names)] for names in (RENAMES, RECIPIENTS, SUBJECTS))
     edit = (
         f"Here is a Python module:\n\n```python\n{SOURCE}```\n\nRewrite the whole module with the class "
-        "`Inventory` renamed to `Warehouse`. Answer with the complete code only."
+        f"`Inventory` renamed to `{rename}`. Answer with the complete code only."
     )
     tool = (
-        f"Send this email to sam@example.com with the subject 'Quarterly review', word for word:\n\n{EMAIL}"
+        f"Send this email to {recipient}@example.com with the subject 'Quarterly review', word for word:"
+        f"\n\n{EMAIL}"
     )
-    prose = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+    prose = f"Write a long story about {subject}."
     return {
         "editing": {"messages": [{"role": "user", "content": edit}], "max_tokens": 2 * n_tokens},
         "tool call": {
@@ -172,7 +194,7 @@ LLAMA_SPEC_TYPES = ("none", "ngram-simple", "ngram-map-k", "ngram-mod")
 
 
 def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequence[int] = (1, 4)) -> None:
-    loads = workloads(n_tokens)
+    loads = workloads(n_tokens)  # the first wording, to warm the prompt caches
     rates: dict[tuple[str, str, int], list[float]] = {}
     with contextlib.ExitStack() as stack:
         common = ["--threads", str(threads), "--parallel", "4"]
@@ -192,8 +214,9 @@ def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequen
                 asyncio.run(_rate(url, body, 1))
         for round_ in range(1, rounds + 1):
             line = [f"round {round_}:"]
-            for load, body in loads.items():
+            for load in loads:
                 for n in streams:
+                    body = workloads(n_tokens, _variant(round_, streams.index(n), len(streams)))[load]
                     for name, url in targets[:: 1 if round_ % 2 else -1]:  # drift favours nobody
                         rate, _ = asyncio.run(_rate(url, body, n))
                         rates.setdefault((name, load, n), []).append(rate)
@@ -223,6 +246,12 @@ def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequen
                 )
             print(summary)
     print()
+
+
+def _variant(round_: int, stream_index: int, n_stream_counts: int) -> int:
+    """A wording of its own for each round and stream count (never the warm-up's, 0), until they run out:
+    past 7 measurements a workload's wordings come round again."""
+    return 1 + ((round_ - 1) * n_stream_counts + stream_index) % (len(RENAMES) - 1)
 
 
 def _median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:

@@ -148,6 +148,20 @@ def test_a_cancelled_stream_frees_its_slot_in_the_middle_of_verified_drafts(
     assert complete(spec_url, EDIT, 100) == complete(plain_url, EDIT, 100)
 
 
+def test_a_request_sent_again_is_drafted_from_what_the_first_one_wrote(plain_url: str, spec_url: str) -> None:
+    """The shared pool: prose copies nothing from its prompt, so prompt lookup drafts little; sent a
+    second time (a retry, a regeneration), the answer the first one wrote is drafted and accepted,
+    and both are the plain loop's bit for bit."""
+    prompt = "The tide came in slowly over the flats, and the old fisherman"
+    before = accepted(spec_url)
+    first = complete(spec_url, prompt, 60)
+    by_lookup = accepted(spec_url) - before
+    second = complete(spec_url, prompt, 60)
+    by_pool = accepted(spec_url) - before - by_lookup
+    assert first == second == complete(plain_url, prompt, 60)
+    assert by_pool >= 45 and by_pool > by_lookup + 20, (by_lookup, by_pool)
+
+
 QWEN = Path(
     os.environ.get("TOKENSPOUT_QWEN_MODEL")
     or Path.home() / ".cache/tokenspout/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
