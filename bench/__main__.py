@@ -34,6 +34,7 @@ SECTIONS = (
     "overload",
     "protocols",
     "spec",
+    "spec-coder",
     "spec-draft",
 )
 
@@ -189,6 +190,10 @@ def main() -> None:
         "overload": lambda: backpressure(model, args.threads),
         "protocols": lambda: agent_protocols(model, args.threads, args.rounds, args.tokens),
         "spec": lambda: spec.report(model, args.threads, args.rounds, args.tokens),
+        # the same on the Qwen coder model, which copies what it is asked to rewrite (1 stream: ~6x slower)
+        "spec-coder": lambda: spec.report(
+            str(ensure_model(QWEN_CODER)), args.threads, args.rounds, args.tokens, streams=(1,)
+        ),
         # its own models: copies of the default model (a Q8_0 target, a Q4_0 draft)
         "spec-draft": lambda: spec.report_draft_model(args.threads, args.rounds, args.tokens),
     }
