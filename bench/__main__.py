@@ -58,7 +58,9 @@ def decode(model: str, threads: int, rounds: int, n_tokens: int) -> None:
     body = {"prompt": PROMPT, "max_tokens": n_tokens, "temperature": 0, "ignore_eos": True}
     rows: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
-        ours = stack.enter_context(serving(model, ["--threads", str(threads), "--parallel", "4"]))
+        # the token loop itself against the bare one: speculation has its own sections (spec, spec-coder)
+        flags = ["--threads", str(threads), "--parallel", "4", "--no-spec"]
+        ours = stack.enter_context(serving(model, flags))
         targets: list[tuple[str, tuple[subprocess.Popen[bytes], str], Streamer]] = [
             ("tokenspout raw", ours, raw_stream),
             ("tokenspout parsed", ours, parsed_stream),
