@@ -168,7 +168,7 @@ class Scheduler:
         drafter: Drafter | None = None,
     ) -> None:
         self.context = context
-        self.spec = spec  # prompt lookup and grammar-forced drafts when enabled
+        self.spec = spec  # grammar-forced, pool and prompt-lookup drafts when enabled
         self.drafter = drafter  # drafts from a draft model, when one is loaded
         # what earlier requests wrote, for drafts across requests (with prompt lookup, when enabled)
         sharing = spec.enabled and spec.pool_tokens > 0
@@ -401,9 +401,10 @@ class Scheduler:
     def _plan_drafts(self) -> int:
         """Set ``draft`` of each decoding sequence for this step; returns the draft rows in all.
 
-        What the grammar forces comes first (it is certain), then prompt lookup, then the draft model,
-        each as long as the sequence's throttle for it allows. The step's rows are shared out before
-        the draft model runs, so that it never guesses tokens that would not fit.
+        What the grammar forces comes first (it is certain), then the pool of earlier answers, then
+        prompt lookup, then the draft model, each as long as the sequence's throttle for it allows.
+        The step's rows are shared out before the draft model runs, so that it never guesses tokens
+        that would not fit.
         """
         decoding = [seq for seq in self.running if seq.prefilled]
         wanted = [len(self._cheap_draft(seq, len(decoding))) or seq.wanted for seq in decoding]
