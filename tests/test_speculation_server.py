@@ -9,6 +9,7 @@ that it exercised speculation and cannot pass by drafting nothing.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,19 +171,36 @@ QWEN = Path(
 
 @pytest.mark.skipif(not QWEN.exists(), reason=f"the Qwen model is not at {QWEN} (TOKENSPOUT_QWEN_MODEL)")
 def test_the_qwen_model_writes_the_same_greedy_text_with_and_without_speculation() -> None:
-    """Qwen2.5-Coder-0.5B (Q4_K_M) in the fast shape, one request at a time, chat: the same text. (Its
-    weights are not batch-invariant even with --deterministic, so this is the text, not the bits.)"""
+    """Qwen2.5-Coder-0.5B (Q4_K_M) in the fast shape, one request at a time, chat: the same text for an
+    edit, sent twice (prompt lookup, then the pool). Its weights are not batch-invariant even with
+    --deterministic, so this is the text, not the bits; and a forced tool call quoting the request,
+    whose grammar-forced drafts a plain loop never makes, is checked for what it says, not compared: its
+    subject ends at a near-tie (`",` against ` Move`, 0.09 apart in log-probability), which a
+    verification row's rounding may tip."""
     from bench.server import running_server
 
-    messages = [
-        {"role": "user", "content": f"```python\n{SOURCE}```\nRename `Inventory` to `Warehouse`; whole code."}
-    ]
-    body = {"model": "m", "messages": messages, "max_tokens": 160, "temperature": 0}
-    texts = []
+    rename = "Rename `Inventory` to `Warehouse`; whole code."
+    edit = {"messages": [{"role": "user", "content": f"```python\n{SOURCE}```\n{rename}"}], "max_tokens": 160}
+    quote = [{"role": "user", "content": f"Send this email to sam@example.com, word for word:\n\n{EMAIL}"}]
+    forced = {"type": "function", "function": {"name": "send_email"}}
+    call = {"messages": quote, "max_tokens": 120, "tools": [SEND_EMAIL], "tool_choice": forced}
+    edits, accepted = [], 0.0
     for flags in (["--no-spec"], ["--spec"]):
         with running_server(str(QWEN), ["--threads", "2", "--parallel", "1", *flags]) as url:
-            reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600).json()
-            texts.append(reply["choices"][0]["message"]["content"])
-            drafted = metrics(url)["tokenspout_spec_accepted_tokens"]
-    assert texts[0] == texts[1]
-    assert drafted > 20
+            edits.append([_message(url, edit) for _ in range(2)])
+            _, [(name, arguments)] = _message(url, call)
+            assert name == "send_email" and json.loads(arguments)["to"] == "sam@example.com"
+            assert "send your slides to Maria by Wednesday evening" in json.loads(arguments)["body"]
+            accepted = metrics(url)["tokenspout_spec_accepted_tokens"]
+    assert edits[0] == edits[1]
+    assert accepted > 100
+
+
+def _message(url: str, body: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]]]:
+    """The answer's text and its calls' names and arguments (call ids are random)."""
+    reply = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "m", "temperature": 0, **body}, timeout=600
+    )
+    message = reply.json()["choices"][0]["message"]
+    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+    return message["content"], calls
