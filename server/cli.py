@@ -165,12 +165,13 @@ def main() -> None:
 @_option(
     "--spec/--no-spec",
     envvar="SPEC",
-    default=None,
-    help="Speculative decoding: guess the tokens ahead from what a grammar forces, from earlier answers "
-    "and from the request's own text (prompt lookup), and verify the guesses in the same batch, lossless "
-    "and adaptive per request. Default: on, except with --deterministic, whose context shape makes a "
-    "draft row dear on a CPU. Drafts from a draft model do not need this switch: --draft-model turns "
-    "them on.",
+    default=False,
+    help="Speculative decoding (off by default): guess the tokens ahead from what a grammar forces, from "
+    "earlier answers and from the request's own text (prompt lookup), and verify the guesses in the same "
+    "batch, adaptive per request. Lossless under --deterministic; in the fast shape a verification row "
+    "may round differently, and on Q4_K_M weights the same greedy request then gave different text from "
+    "one time to the next (README). Drafts from a draft model do not need this switch: --draft-model "
+    "turns them on.",
 )
 @_option(
     "--draft-model",
