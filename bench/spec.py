@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.client import parsed_stream
 from bench.server import llama_server_binary, serving, serving_llama_server
-from tests.helpers import metrics
+from tests.helpers import metrics, spec_tokens
 from tests.model_variants import requantized
 
 SOURCE = '''\
@@ -320,4 +320,4 @@ def report_draft_model(threads: int, rounds: int, n_tokens: int) -> None:
 
 def _draft_counts(url: str) -> tuple[float, float]:
     m = metrics(url)
-    return m["tokenspout_spec_draft_tokens"], m["tokenspout_spec_accepted_tokens"]
+    return spec_tokens(m, "draft"), spec_tokens(m, "accepted")

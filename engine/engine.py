@@ -22,7 +22,7 @@ from engine.handle import RequestHandle
 from engine.limits import auto_slot_context
 from engine.llama import CELL_TYPES, DETERMINISTIC, FAST, Context, Model, Shape
 from engine.scheduler import AbortAll, Cancel, Probe, Scheduler, Sequence, Submit
-from engine.speculation import OFF, SpecConfig
+from engine.speculation import NO_DRAFT, OFF, SOURCE_NAMES, SpecConfig
 from engine.types import GenerationRequest
 
 log = logging.getLogger("tokenspout.engine")
@@ -71,9 +71,10 @@ class EngineStats(msgspec.Struct, frozen=True):
     # reuse are not counted: a new request can take them.
     kv_cells_running: int
     kv_cells_total: int
-    # Speculation: draft tokens decoded to be verified, and those the model agreed with
-    draft_tokens: int = 0
-    draft_tokens_accepted: int = 0
+    # Speculation, per draft source (SOURCE_NAMES but "none"): draft tokens decoded to be verified,
+    # and those the model agreed with
+    draft_tokens: dict[str, int] = {}
+    draft_tokens_accepted: dict[str, int] = {}
 
 
 # Weight types (llama.cpp file types) for which --deterministic was checked bit-identical on CPU
@@ -81,6 +82,15 @@ class EngineStats(msgspec.Struct, frozen=True):
 # cells of its answer vs a cold prefill (README: "Deterministic mode"). K-quants, IQ4_NL and F16
 # weights failed some of these (a row's matmul rounds differently with the micro-batch's row count).
 DETERMINISTIC_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0"})
+
+
+def _by_source(counts: list[int]) -> dict[str, int]:
+    """Per-source counts (indexed by draft source) by source name, without NO_DRAFT's."""
+    return {
+        name: n
+        for source, (name, n) in enumerate(zip(SOURCE_NAMES, counts, strict=True))
+        if source != NO_DRAFT
+    }
 
 
 def determinism_note(deterministic: bool, weight_type: str) -> str:
@@ -337,8 +347,8 @@ class Engine:
             prompt_cache_entries=len(s.ram.entries),
             kv_cells_running=sum(seq.n_cached for seq in running),
             kv_cells_total=self.context.n_ctx,
-            draft_tokens=s.draft_tokens,
-            draft_tokens_accepted=s.draft_accepted,
+            draft_tokens=_by_source(s.draft_tokens),
+            draft_tokens_accepted=_by_source(s.draft_accepted),
         )
 
     async def kv_cells(self) -> KvCells:

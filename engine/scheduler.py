@@ -37,6 +37,7 @@ from engine.speculation import (
     NO_DRAFT,
     OFF,
     POOL,
+    SOURCE_NAMES,
     NgramPool,
     PromptLookup,
     SpecConfig,
@@ -191,8 +192,10 @@ class Scheduler:
         self.prompt_tokens_cached = 0
         self.prompt_tokens_computed = 0
         self.steps = 0
-        self.draft_tokens = 0  # draft tokens decoded for verification
-        self.draft_accepted = 0  # ... of which the model agreed with (each one a token gained)
+        # Per draft source (indexed by it): draft tokens decoded for verification, and those of them
+        # the model agreed with (each one a token gained)
+        self.draft_tokens = [0] * len(SOURCE_NAMES)
+        self.draft_accepted = [0] * len(SOURCE_NAMES)
         self._prompt_rows = 0  # prompt and draft rows in the current step's batch
         self._outbox: list[tuple[RequestHandle, Event]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -511,8 +514,8 @@ class Scheduler:
             accepted += 1
         else:
             self._sample(seq)
-        self.draft_tokens += len(draft)
-        self.draft_accepted += accepted
+        self.draft_tokens[seq.source] += len(draft)
+        self.draft_accepted[seq.source] += accepted
         throttle = {POOL: seq.pool_throttle, LOOKUP: seq.throttle, MODEL: seq.model_throttle}.get(seq.source)
         if throttle is not None:
             throttle.record(len(draft), accepted)

@@ -73,8 +73,11 @@ OFF = SpecConfig(enabled=False)
 # Where a sequence's draft of this step came from. Each guessing source has its own throttle (a source
 # that fails for a sequence must not silence the other); what a grammar forces needs none.
 NO_DRAFT, FORCED, POOL, LOOKUP, MODEL = range(5)
+# Each source's name, as /metrics labels its drafted and accepted tokens (NO_DRAFT's are always 0).
+SOURCE_NAMES = ("none", "grammar", "pool", "lookup", "draft_model")
 
 _FIRST_PAUSE = 4
+_UNSURE_DRAFT = 4  # the longest draft after a match that agrees on 2 tokens or fewer
 
 
 class PromptLookup:

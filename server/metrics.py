@@ -134,14 +134,14 @@ class Metrics(Collector):
         yield _counter(
             "tokenspout_prompt_tokens_computed", "Prompt tokens prefilled", stats.prompt_tokens_computed
         )
-        yield _counter(
+        yield _by_source(
             "tokenspout_spec_draft_tokens",
-            "Speculative draft tokens decoded for verification",
+            "Speculative draft tokens decoded for verification, by draft source",
             stats.draft_tokens,
         )
-        yield _counter(
+        yield _by_source(
             "tokenspout_spec_accepted_tokens",
-            "Speculative draft tokens the model agreed with (tokens gained)",
+            "Speculative draft tokens the model agreed with (tokens gained), by draft source",
             stats.draft_tokens_accepted,
         )
         yield GaugeMetricFamily(
@@ -183,4 +183,13 @@ class Metrics(Collector):
 def _counter(name: str, documentation: str, value: int) -> Metric:
     metric = Metric(name, documentation, "counter")
     metric.add_sample(name, {}, value)
+    return metric
+
+
+def _by_source(name: str, documentation: str, counts: dict[str, int]) -> Metric:
+    """A counter labelled ``source`` (grammar, pool, lookup, draft_model): every source is listed, so
+    a dashboard's series exist before its first draft."""
+    metric = Metric(name, documentation, "counter")
+    for source, value in counts.items():
+        metric.add_sample(name, {"source": source}, value)
     return metric

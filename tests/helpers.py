@@ -22,6 +22,15 @@ def metrics(base_url: str) -> dict[str, float]:
     return samples
 
 
+def spec_tokens(samples: dict[str, float], kind: str, source: str | None = None) -> float:
+    """Speculation's ``kind`` ("draft" or "accepted") tokens from :func:`metrics`' samples: of one
+    draft source, or of all."""
+    prefix = f"tokenspout_spec_{kind}_tokens{{source="
+    return sum(
+        v for k, v in samples.items() if k.startswith(prefix) and source in (None, k[len(prefix) : -1])
+    )
+
+
 def wait_until_idle(base_url: str, timeout: float = 10.0) -> dict[str, float]:
     """Poll /metrics until no request is admitted, running or queued and no running request holds a
     KV cell (free slots keep theirs for the prompt cache: ``tokenspout_kv_cells_cached``)."""

@@ -30,7 +30,7 @@ from engine.speculation import OFF, SpecConfig
 from engine.types import Completion
 from models import QWEN_CODER, ensure_model
 from tests.conftest import ServerFactory
-from tests.helpers import metrics, wait_until_idle
+from tests.helpers import metrics, spec_tokens, wait_until_idle
 from tests.model_variants import requantized
 from tests.test_speculation_engine import first_tokens, greedy, trace
 from tests.test_speculation_server import EDIT, PROSE, QUOTE, complete
@@ -100,7 +100,8 @@ def draft_url(start_server: ServerFactory, bit_identity: None, draft_path: str) 
 
 
 def accepted(url: str) -> float:
-    return metrics(url)["tokenspout_spec_accepted_tokens"]
+    """Draft tokens the model agreed with so far (all the draft model's: these servers run --no-spec)."""
+    return spec_tokens(metrics(url), "accepted", "draft_model")
 
 
 def test_greedy_tokens_and_logprobs_are_the_plain_loops_with_a_draft_model(
@@ -110,9 +111,12 @@ def test_greedy_tokens_and_logprobs_are_the_plain_loops_with_a_draft_model(
     for prompt, n in ((EDIT, 60), (QUOTE, 40), (PROSE, 40)):
         assert complete(draft_url, prompt, n) == complete(plain_url, prompt, n)
     after = metrics(draft_url)
-    drafted = after["tokenspout_spec_draft_tokens"] - before["tokenspout_spec_draft_tokens"]
-    gained = after["tokenspout_spec_accepted_tokens"] - before["tokenspout_spec_accepted_tokens"]
+    drafted = spec_tokens(after, "draft", "draft_model") - spec_tokens(before, "draft", "draft_model")
+    gained = spec_tokens(after, "accepted", "draft_model") - spec_tokens(before, "accepted", "draft_model")
     assert drafted > gained > 40  # some were rejected
+    assert spec_tokens(after, "draft") == spec_tokens(
+        after, "draft", "draft_model"
+    )  # --no-spec: no other source
 
 
 def test_stop_strings_and_max_tokens_inside_drafts_end_where_the_plain_loop_ends(
@@ -255,8 +259,11 @@ def test_a_finish_or_a_cancellation_inside_a_draft_leaves_both_contexts_exact(
             cells = await engine.kv_cells()
             assert cells.used == 0 and cells.cached == len(prompt) + n - 1, n
             assert holds_a_prefix_of(await draft_slots(engine), prompt + answer, len(prompt)), n
-        stats = engine.stats()
-        assert stats.draft_tokens > stats.draft_tokens_accepted > stats.draft_tokens / 2 > 50
+        drafted, gained = (
+            engine.stats().draft_tokens["draft_model"],
+            engine.stats().draft_tokens_accepted["draft_model"],
+        )
+        assert drafted > gained > drafted / 2 > 50
         handle = engine.submit(request)
         seen = await first_tokens(handle, 50)
         handle.cancel()
