@@ -191,6 +191,9 @@ async def _rate(url: str, body: dict[str, Any], n_streams: int) -> tuple[float, 
 
 
 LLAMA_SPEC_TYPES = ("none", "ngram-simple", "ngram-map-k", "ngram-mod")
+# Our speculative servers, each against our plain loop: the default, and with the shared pool of earlier
+# answers (opt-in; the size is llama-server's ngram-mod's).
+OURS = {"spec": ["--spec"], "spec+pool": ["--spec", "--spec-pool-tokens", str(1 << 18)]}
 
 
 def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequence[int] = (1, 4)) -> None:
@@ -199,9 +202,9 @@ def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequen
     with contextlib.ExitStack() as stack:
         common = ["--threads", str(threads), "--parallel", "4"]
         targets: list[tuple[str, str]] = []
-        for name, flags in (("tokenspout plain", ["--no-spec"]), ("tokenspout spec", ["--spec"])):
+        for name, flags in {"plain": ["--no-spec"], **OURS}.items():
             _, url = stack.enter_context(serving(model, [*common, *flags]))
-            targets.append((name, url))
+            targets.append((f"tokenspout {name}", url))
         if binary := llama_server_binary():
             for kind in LLAMA_SPEC_TYPES:
                 flags = ["-t", str(threads), "-np", "4", "-c", "8192", "--jinja", "--spec-type", kind]
@@ -221,31 +224,41 @@ def report(model: str, threads: int, rounds: int, n_tokens: int, streams: Sequen
                         rate, _ = asyncio.run(_rate(url, body, n))
                         rates.setdefault((name, load, n), []).append(rate)
                     last_plain = rates[("tokenspout plain", load, n)][-1]
-                    last_spec = rates[("tokenspout spec", load, n)][-1]
-                    line.append(f"{load} {n}x {last_spec / last_plain:.2f} (plain {last_plain:.0f} tok/s) |")
+                    ratios = " ".join(
+                        f"{rates[(f'tokenspout {o}', load, n)][-1] / last_plain:.2f}" for o in OURS
+                    )
+                    line.append(f"{load} {n}x {ratios} (plain {last_plain:.0f} tok/s) |")
             print(" ".join(line), flush=True)
-    print("\nmedians of per-round ratios (same run, rounds interleaved):")
-    goals = {"editing": 2.0, "tool call": 1.5, "prose": 0.98}
+    print(f"\nmedians of per-round ratios (same run, rounds interleaved; ours: {', '.join(OURS)}):")
     for load in loads:
         for n in streams:
-            plain = rates[("tokenspout plain", load, n)]
-            spec = rates[("tokenspout spec", load, n)]
-            ratio = _median_ratio(spec, plain)
-            goal = goals[load] if n == 1 else 1.0
-            summary = f"{load:9} {n} stream(s): tokenspout spec / plain {ratio:.3f} (goal >= {goal})"
-            theirs = {name: rates[(name, load, n)] for name, _ in targets if name.startswith("llama")}
-            if theirs:
-                best = max(theirs, key=lambda name: statistics.median(theirs[name]))
-                spread = ", ".join(
-                    f"{name.removeprefix('llama-server ')} {_median_ratio(r, plain):.2f}"
-                    for name, r in theirs.items()
-                )
-                summary += (
-                    f"; llama-server / our plain: {spread}; spec / llama-server best ({best}): "
-                    f"{_median_ratio(spec, theirs[best]):.3f}"
-                )
-            print(summary)
+            print(_summary(rates, targets, load, n))
     print()
+
+
+GOALS = {"editing": 2.0, "tool call": 1.5, "prose": 0.98}
+
+
+def _summary(
+    rates: dict[tuple[str, str, int], list[float]], targets: list[tuple[str, str]], load: str, n: int
+) -> str:
+    """One workload's line: each of our speculative servers and each llama-server against our plain
+    loop, and ours against llama-server's best."""
+    plain = rates[("tokenspout plain", load, n)]
+    ours = {o: rates[(f"tokenspout {o}", load, n)] for o in OURS}
+    goal = GOALS[load] if n == 1 else 1.0
+    mine = ", ".join(f"{o} {_median_ratio(r, plain):.3f}" for o, r in ours.items())
+    summary = f"{load:9} {n} stream(s): tokenspout / plain: {mine} (goal >= {goal})"
+    theirs = {name: rates[(name, load, n)] for name, _ in targets if name.startswith("llama")}
+    if theirs:
+        best = max(theirs, key=lambda name: statistics.median(theirs[name]))
+        spread = ", ".join(
+            f"{name.removeprefix('llama-server ')} {_median_ratio(r, plain):.2f}"
+            for name, r in theirs.items()
+        )
+        against = ", ".join(f"{o} {_median_ratio(r, theirs[best]):.3f}" for o, r in ours.items())
+        summary += f"; llama-server / our plain: {spread}; ours / llama-server best ({best}): {against}"
+    return summary
 
 
 def _variant(round_: int, stream_index: int, n_stream_counts: int) -> int:

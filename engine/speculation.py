@@ -8,10 +8,10 @@ in the same ``llama_decode`` as everything else and keeps the part the model agr
   up in its own prompt and output, and the tokens that followed their latest earlier occurrence are
   the draft. It costs a few dict operations per token, and copies what a request quotes (a file being
   rewritten, tool arguments repeating the question) at the model's own speed of verification.
-- :class:`NgramPool` guesses from what earlier requests wrote: one table for all sequences, kept across
-  requests (llama-server's ngram-mod), so a request sent again (a retry, a regeneration, an agent
-  redoing a step) or text a model writes again in a later request is drafted from its first token,
-  past what its own prompt holds.
+- :class:`NgramPool` guesses from what earlier requests wrote, when asked (``pool_tokens``): one table
+  for all sequences, kept across requests (llama-server's ngram-mod), so a request sent again (a retry,
+  a regeneration, an agent redoing a step) or text a model writes again in a later request is drafted
+  from its first token, past what its own prompt holds.
 - :class:`Throttle` decides per sequence how many tokens to draft: the length follows the recent
   acceptance and what a row costs (more when other sequences share the step), and drafting pauses,
   longer each time, while drafts do not pay, so free prose pays almost nothing for it.
@@ -47,10 +47,13 @@ class SpecConfig(msgspec.Struct, frozen=True):
     # probability (llama.cpp's default): an unsure guess is mostly rejected and costs a row and a call.
     draft_p_min: float = 0.75
     # The shared pool: the n-gram that keys it (long, as it spans requests: a short one would match
-    # any two texts sharing a phrase), how many output tokens it remembers (0: no pool), and the
-    # length its drafts start at, longer than prompt lookup's: a 12-token match there is mostly right.
+    # any two texts sharing a phrase), how many output tokens it remembers, and the length its drafts
+    # start at, longer than prompt lookup's: a 12-token match there is mostly right. No pool unless
+    # asked (pool_tokens 0): with one, a request's drafts depend on what earlier requests wrote, so
+    # where verification rows round otherwise than decode rows (Q4_K weights in the fast shape) the
+    # same greedy request could change its text at a near tie; without it, its drafts are its own.
     pool_ngram: int = 12
-    pool_tokens: int = 1 << 18
+    pool_tokens: int = 0
     pool_draft_start: int = 16
 
     def __post_init__(self) -> None:

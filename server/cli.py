@@ -165,13 +165,13 @@ def main() -> None:
 @_option(
     "--spec/--no-spec",
     envvar="SPEC",
-    default=False,
-    help="Speculative decoding (off by default): guess the tokens ahead from what a grammar forces, from "
-    "earlier answers and from the request's own text (prompt lookup), and verify the guesses in the same "
-    "batch, adaptive per request. Lossless under --deterministic; in the fast shape a verification row "
-    "may round differently, and on Q4_K_M weights the same greedy request then gave different text from "
-    "one time to the next (README). Drafts from a draft model do not need this switch: --draft-model "
-    "turns them on.",
+    default=None,
+    help="Speculative decoding: guess the tokens ahead from what a grammar forces and from the request's "
+    "own text (prompt lookup), and verify the guesses in the same batch, adaptive per request. Default: "
+    "on, except with --deterministic, whose context shape makes a draft row dear on a CPU. The same "
+    "greedy request keeps its text; under --deterministic it is the plain loop's bit for bit, in the fast "
+    "shape a verification row may round as a batched row does (README). Drafts from a draft model do not "
+    "need this switch: --draft-model turns them on.",
 )
 @_option(
     "--draft-model",
@@ -202,8 +202,10 @@ def main() -> None:
     type=click.IntRange(min=0),
     default=SpecConfig().pool_tokens,
     help="With --spec: output tokens of finished requests remembered for drafts (a pool shared by all "
-    "requests, keyed by their last 12 tokens): a request close to an earlier one is drafted from what "
-    "that one wrote. 0 turns the pool off.",
+    "requests, keyed by their last 12 tokens; 262144 take about 26 MB): a request close to an earlier one "
+    "is drafted from what that one wrote. Off (0) by default: a request's drafts, and so in the fast "
+    "shape its rounding, would then depend on earlier requests, and a greedy request sent again could "
+    "change its text at a near tie (README).",
 )
 @_option(
     "--spec-ngram-min",

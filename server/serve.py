@@ -36,7 +36,7 @@ class ServeOptions(msgspec.Struct, frozen=True):
     batch_size: int
     ubatch_size: int | None
     step_target_ms: float
-    spec: bool
+    spec: bool | None  # None: on unless deterministic
     draft_model: Path | None
     draft_p_min: float
     spec_draft_max: int
@@ -80,7 +80,7 @@ def run(o: ServeOptions) -> int:
                 max_concurrent_requests=o.max_concurrent_requests,
                 cache_ram_mib=o.cache_ram,
                 spec=SpecConfig(
-                    enabled=o.spec,
+                    enabled=not o.deterministic if o.spec is None else o.spec,
                     ngram_min=o.spec_ngram_min,
                     ngram_max=o.spec_ngram_max,
                     draft_max=o.spec_draft_max,

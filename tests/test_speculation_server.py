@@ -44,7 +44,7 @@ def plain_url(start_server: ServerFactory, bit_identity: None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def spec_url(start_server: ServerFactory, bit_identity: None) -> Iterator[str]:
-    with start_server("--deterministic", "--spec") as url:
+    with start_server("--deterministic", "--spec", "--spec-pool-tokens", "262144") as url:
         yield url
 
 
