@@ -176,6 +176,10 @@ class Guide:
         if not self.matcher.consume_token(token):
             raise GenerationError(f"the output constraint failed: {self.matcher.get_error()}")
 
+    def takes(self, tokens: list[int]) -> int:
+        """How many of ``tokens``, in order from here, the grammar would take (without advancing)."""
+        return int(self.matcher.validate_tokens(tokens))
+
     def forced(self, limit: int) -> list[int]:
         """At most ``limit`` tokens the grammar allows as the only continuation from here (a schema's
         keys, ``", "``, closing brackets), without advancing past them: a draft that is certain.

@@ -442,17 +442,24 @@ class Scheduler:
         if limit <= 0:
             return _NO_DRAFT
         if self.spec.enabled:
-            if seq.guide is not None and (seq.thought is None or seq.thought.answering):
-                seq.draft = seq.guide.forced(min(limit, self.spec.draft_max))
+            guide = seq.guide if seq.thought is None or seq.thought.answering else None
+            if guide is not None:
+                seq.draft = guide.forced(min(limit, self.spec.draft_max))
                 if seq.draft:
                     seq.source = FORCED
                     return seq.draft
             if seq.lookup is None:  # the first decode step: index the prompt (and token 1)
                 history = (*seq.prompt, *seq.decoded, seq.next_token)
                 seq.lookup = PromptLookup(history, self.spec.ngram_min, self.spec.ngram_max)
-            if draft := self._guess(seq, n_decoding, limit):
+            draft = self._guess(seq, n_decoding, limit)
+            if guide is not None and draft:
+                # what the grammar refuses could never be accepted: a quote copied into a JSON string
+                # would otherwise draft on past its end, into the prompt's template tokens
+                draft = draft[: guide.takes(draft)]
+            if draft:
                 seq.draft = draft
                 return draft
+            seq.source = NO_DRAFT
         limit = min(limit, self.spec.draft_max)
         if seq.model_throttle is not None:
             seq.wanted = min(seq.model_throttle.allowance(n_decoding), limit)

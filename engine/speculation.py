@@ -115,15 +115,37 @@ class PromptLookup:
                 table[tuple(tokens[end - n : end])] = end
 
     def draft(self, limit: int) -> list[int]:
-        """At most ``limit`` tokens guessed to follow the history; empty when nothing matches."""
+        """At most ``limit`` tokens guessed to follow the history, and at most twice as many as agree
+        before the match (at least ``_UNSURE_DRAFT``); empty when nothing matches.
+
+        The agreement is the matched n-gram and the tokens before it that equal those before the
+        history's end: a match of a few tokens is often in the wrong place (a line that begins like
+        another), while one that agrees far back is a copy under way. Measured on an 80-line edit
+        (A/B, both models): 8-17% fewer draft tokens for as many accepted, where the length the
+        throttle allows alone had drafted 64 tokens on a 4-token match after a rename."""
+        start, agreed = self._match(limit // 2)
+        if start < 0:
+            return []
+        return self.tokens[start : start + min(limit, max(_UNSURE_DRAFT, 2 * agreed))]
+
+    def _match(self, longest: int) -> tuple[int, int]:
+        """Where the continuation of the history's end starts (-1 when nothing matches), and how many
+        tokens agree before it, counted up to ``longest``."""
         tokens = self.tokens
         size = len(tokens)
         for n, table in zip(self._sizes, self._tables, strict=True):
             if size >= n:
                 start = table.get(tuple(tokens[size - n :]))
                 if start is not None:
-                    return tokens[start : start + limit]
-        return []
+                    agreed = n
+                    while (
+                        agreed < longest
+                        and start > agreed
+                        and tokens[start - agreed - 1] == tokens[size - agreed - 1]
+                    ):
+                        agreed += 1
+                    return start, agreed
+        return -1, 0
 
 
 class NgramPool:

@@ -20,6 +20,15 @@ def test_lookup_drafts_what_followed_the_latest_earlier_occurrence_of_the_suffix
     assert lookup.draft(3) == [5, 9, 2]
 
 
+def test_a_lookup_draft_is_at_most_twice_as_long_as_the_agreement_before_its_match() -> None:
+    quoted = list(range(100, 140))
+    # the output has copied the quote's first 10 tokens: all 10 agree before the match, so 20 follow
+    assert PromptLookup([*quoted, 1, *quoted[:10]], 2, 4).draft(64) == quoted[10:30]
+    # only the 2-token n-gram agrees (a line that begins like another): a short draft, 4 tokens
+    assert PromptLookup([5, 1, 2, *quoted, 6, 1, 2], 2, 4).draft(64) == quoted[:4]
+    assert PromptLookup([5, 1, 2, *quoted, 6, 1, 2], 2, 4).draft(3) == quoted[:3]  # and the limit holds
+
+
 def test_lookup_never_matches_the_suffix_with_itself_and_finds_nothing_new() -> None:
     lookup = PromptLookup([5, 6, 7], 2, 2)
     assert lookup.draft(4) == []  # (6, 7) occurs only as the suffix

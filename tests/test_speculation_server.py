@@ -173,11 +173,14 @@ QWEN = Path(
 @pytest.mark.skipif(not QWEN.exists(), reason=f"the Qwen model is not at {QWEN} (TOKENSPOUT_QWEN_MODEL)")
 def test_the_qwen_model_writes_the_same_greedy_text_with_and_without_speculation() -> None:
     """Qwen2.5-Coder-0.5B (Q4_K_M) in the fast shape, one request at a time, chat: the same text for an
-    edit, sent twice (prompt lookup, then the pool). Its weights are not batch-invariant even with
-    --deterministic, so this is the text, not the bits; and a forced tool call quoting the request,
-    whose grammar-forced drafts a plain loop never makes, is checked for what it says, not compared: its
-    subject ends at a near-tie (`",` against ` Move`, 0.09 apart in log-probability), which a
-    verification row's rounding may tip."""
+    edit, sent twice (with no pool, a request's drafts are its own: the same both times). Its weights are
+    not batch-invariant even with --deterministic, so this is the text, not the bits; and a forced tool
+    call quoting the request, whose grammar-forced drafts a plain loop never makes, is checked for what
+    it says, not compared: its subject ends at a near-tie (`",` against ` Move`, 0.09 apart in
+    log-probability), which a verification row's rounding may tip. Its body is copied from the prompt
+    by prompt lookup, whose drafts stop where the grammar must close the string: without that cut, this
+    call drafted 33 tokens it could not use, most of them past the quote's end, into the prompt's
+    template tokens."""
     from bench.server import running_server
 
     rename = "Rename `Inventory` to `Warehouse`; whole code."
@@ -185,16 +188,21 @@ def test_the_qwen_model_writes_the_same_greedy_text_with_and_without_speculation
     quote = [{"role": "user", "content": f"Send this email to sam@example.com, word for word:\n\n{EMAIL}"}]
     forced = {"type": "function", "function": {"name": "send_email"}}
     call = {"messages": quote, "max_tokens": 120, "tools": [SEND_EMAIL], "tool_choice": forced}
-    edits, accepted = [], 0.0
+    edits, gained = [], 0.0
     for flags in (["--no-spec"], ["--spec"]):
         with running_server(str(QWEN), ["--threads", "2", "--parallel", "1", *flags]) as url:
             edits.append([_message(url, edit) for _ in range(2)])
+            before = metrics(url)
             _, [(name, arguments)] = _message(url, call)
             assert name == "send_email" and json.loads(arguments)["to"] == "sam@example.com"
             assert "send your slides to Maria by Wednesday evening" in json.loads(arguments)["body"]
-            accepted = metrics(url)["tokenspout_spec_accepted_tokens"]
+            after = metrics(url)
+            copied = spec_tokens(after, "accepted", "lookup") - spec_tokens(before, "accepted", "lookup")
+            wasted = spec_tokens(after, "draft", "lookup") - spec_tokens(before, "draft", "lookup") - copied
+            assert flags == ["--no-spec"] or (copied > 40 and wasted < 20), (copied, wasted)
+            gained = spec_tokens(after, "accepted")
     assert edits[0] == edits[1]
-    assert accepted > 100
+    assert gained > 100
 
 
 def _message(url: str, body: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]]]:
