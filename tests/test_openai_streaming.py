@@ -61,11 +61,15 @@ def test_tokens_arrive_one_by_one_not_all_at_the_end(client: httpx.Client) -> No
     body = {"messages": user("Tell me a long story."), "max_tokens": 64, "temperature": 0, "ignore_eos": True}
     events = stream_events(client, CHAT, body)
     content = [(t, d) for t, d in events if d != "[DONE]" and json.loads(d)["choices"]]
-    assert len(content) >= 60
+    # one chunk per token that carries text: an end-of-generation token that ignore_eos passes over
+    # carries none (Qwen2.5 writes several in 64 tokens), nor does the first part of a split character
+    assert len(content) >= 48
     first, last = content[0][0], content[-1][0]
     # 64 tokens take a visible while to decode; streamed, the first one is there long before the last
     assert first - sent < 0.5 * (last - sent)
-    assert len({round(t, 3) for t, _ in content}) > 30  # many distinct arrival moments, not one burst
+    # many distinct arrival moments, not one burst; a step's tokens come together, and speculation's
+    # steps carry several (Qwen2.5 repeating itself past an ignored end: 21 moments for 57 chunks)
+    assert len({round(t, 3) for t, _ in content}) > 12
 
 
 def test_chunk_format_role_finish_reason_usage_and_done(base_url: str, client: httpx.Client) -> None:
