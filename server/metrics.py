@@ -134,12 +134,12 @@ class Metrics(Collector):
         yield _counter(
             "tokenspout_prompt_tokens_computed", "Prompt tokens prefilled", stats.prompt_tokens_computed
         )
-        yield _by_source(
+        yield _counter_by_source(
             "tokenspout_spec_draft_tokens",
             "Speculative draft tokens decoded for verification, by draft source",
             stats.draft_tokens,
         )
-        yield _by_source(
+        yield _counter_by_source(
             "tokenspout_spec_accepted_tokens",
             "Speculative draft tokens the model agreed with (tokens gained), by draft source",
             stats.draft_tokens_accepted,
@@ -186,7 +186,7 @@ def _counter(name: str, documentation: str, value: int) -> Metric:
     return metric
 
 
-def _by_source(name: str, documentation: str, counts: dict[str, int]) -> Metric:
+def _counter_by_source(name: str, documentation: str, counts: dict[str, int]) -> Metric:
     """A counter labelled ``source`` (grammar, pool, lookup, draft_model): every source is listed, so
     a dashboard's series exist before its first draft."""
     metric = Metric(name, documentation, "counter")
