@@ -211,14 +211,14 @@ def main() -> None:
     "--spec-ngram-min",
     envvar="SPEC_NGRAM_MIN",
     type=click.IntRange(min=1),
-    default=2,
+    default=4,
     help="Shortest suffix of a request's tokens looked up in its prompt and output for a draft.",
 )
 @_option(
     "--spec-ngram-max",
     envvar="SPEC_NGRAM_MAX",
     type=click.IntRange(min=1),
-    default=4,
+    default=8,
     help="Longest suffix looked up (tried first).",
 )
 @_option(
