@@ -129,6 +129,15 @@ class Sequence:
         return self.n_cached >= len(self.prompt)
 
 
+def _throttle_of(seq: Sequence) -> Throttle | None:
+    """The throttle of the source of ``seq``'s draft this step (none for grammar-forced tokens)."""
+    if seq.source == LOOKUP:
+        return seq.throttle
+    if seq.source == POOL:
+        return seq.pool_throttle
+    return seq.model_throttle if seq.source == MODEL else None
+
+
 class Submit(msgspec.Struct):
     sequence: Sequence
 
@@ -523,8 +532,7 @@ class Scheduler:
             self._sample(seq)
         self.draft_tokens[seq.source] += len(draft)
         self.draft_accepted[seq.source] += accepted
-        throttle = {POOL: seq.pool_throttle, LOOKUP: seq.throttle, MODEL: seq.model_throttle}.get(seq.source)
-        if throttle is not None:
+        if (throttle := _throttle_of(seq)) is not None:
             throttle.record(len(draft), accepted)
         if seq.slot < 0:  # it ended (parking trimmed its cells, in both contexts)
             return

@@ -186,7 +186,7 @@ def main() -> None:
     "--draft-p-min",
     envvar="DRAFT_P_MIN",
     type=click.FloatRange(0.0, 1.0),
-    default=0.75,
+    default=SpecConfig().draft_p_min,
     help="The draft model's guess ends at the first token it gives less than this probability.",
 )
 @_option(
@@ -211,21 +211,21 @@ def main() -> None:
     "--spec-ngram-min",
     envvar="SPEC_NGRAM_MIN",
     type=click.IntRange(min=1),
-    default=4,
+    default=SpecConfig().ngram_min,
     help="Shortest suffix of a request's tokens looked up in its prompt and output for a draft.",
 )
 @_option(
     "--spec-ngram-max",
     envvar="SPEC_NGRAM_MAX",
     type=click.IntRange(min=1),
-    default=8,
+    default=SpecConfig().ngram_max,
     help="Longest suffix looked up (tried first).",
 )
 @_option(
     "--spec-row-cost",
     envvar="SPEC_ROW_COST",
     type=click.FloatRange(0.0, 1.0),
-    default=0.6,
+    default=SpecConfig().row_cost,
     help="What one more row costs relative to a one-sequence decode step (0.6 measured on a 2-core CPU; "
     "near 0 on a GPU): a request drafts only as many tokens as its recent acceptance makes worth that.",
 )
