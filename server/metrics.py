@@ -1,8 +1,11 @@
 """Prometheus metrics under TGI's names, so dashboards built for TGI work unchanged.
 
-Counters are kept as plain ints and exposed by a collector under TGI's exact names (TGI's exporter
-writes ``tgi_request_count``, while prometheus_client's Counter would add ``_total``). Gauges are read
-from the engine at scrape time; nothing here runs per token.
+Counters are kept as plain ints and exposed by a collector. TGI's keep TGI's exact sample names
+(``tgi_request_count``, no ``_total``): prometheus_client writes a counter family only as
+``name_total``, so a ``# TYPE tgi_request_count_total counter`` line would stand above samples of
+another name; they are declared untyped instead, which is what the samples then are to a scraper.
+Our own counters follow Prometheus' convention, ``tokenspout_*_total``. Gauges are read from the
+engine at scrape time; nothing here runs per token.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine import Engine, EngineStats, FinishEvent
@@ -102,9 +105,9 @@ class Metrics(Collector):
 
     # -- exposition --------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        yield _counter("tgi_request_count", "Generation requests received", self.requests)
-        yield _counter("tgi_request_success", "Generation requests that finished", self.successes)
-        failures = Metric("tgi_request_failure", "Generation requests that failed, by error type", "counter")
+        yield _tgi_counter("tgi_request_count", "Generation requests received", self.requests)
+        yield _tgi_counter("tgi_request_success", "Generation requests that finished", self.successes)
+        failures = Metric("tgi_request_failure", "Generation requests that failed, by error type", "unknown")
         for kind, count in sorted(self.failures.items()):
             failures.add_sample("tgi_request_failure", {"err": kind}, count)
         yield failures
@@ -125,13 +128,13 @@ class Metrics(Collector):
             "KV cache cells kept in free slots for the prompt cache",
             self.kv_cells_cached,
         )
-        yield _counter("tokenspout_decode_steps", "llama_decode steps run", stats.steps)
-        yield _counter(
+        yield CounterMetricFamily("tokenspout_decode_steps", "llama_decode steps run", stats.steps)
+        yield CounterMetricFamily(
             "tokenspout_prompt_tokens_cached",
             "Prompt tokens whose KV came from the prompt cache",
             stats.prompt_tokens_cached,
         )
-        yield _counter(
+        yield CounterMetricFamily(
             "tokenspout_prompt_tokens_computed", "Prompt tokens prefilled", stats.prompt_tokens_computed
         )
         yield _counter_by_source(
@@ -180,16 +183,17 @@ class Metrics(Collector):
         return generate_latest(self.registry)
 
 
-def _counter(name: str, documentation: str, value: int) -> Metric:
-    metric = Metric(name, documentation, "counter")
+def _tgi_counter(name: str, documentation: str, value: int) -> Metric:
+    """A TGI counter under its exact sample name: untyped (see the module's docstring)."""
+    metric = Metric(name, documentation, "unknown")
     metric.add_sample(name, {}, value)
     return metric
 
 
-def _counter_by_source(name: str, documentation: str, counts: dict[str, int]) -> Metric:
+def _counter_by_source(name: str, documentation: str, counts: dict[str, int]) -> CounterMetricFamily:
     """A counter labelled ``source`` (grammar, pool, lookup, draft_model): every source is listed, so
     a dashboard's series exist before its first draft."""
-    metric = Metric(name, documentation, "counter")
+    metric = CounterMetricFamily(name, documentation, labels=["source"])
     for source, value in counts.items():
-        metric.add_sample(name, {"source": source}, value)
+        metric.add_metric([source], value)
     return metric

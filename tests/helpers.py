@@ -25,7 +25,7 @@ def metrics(base_url: str) -> dict[str, float]:
 def spec_tokens(samples: dict[str, float], kind: str, source: str | None = None) -> float:
     """Speculation's ``kind`` ("draft" or "accepted") tokens from :func:`metrics`' samples: of one
     draft source, or of all."""
-    prefix = f"tokenspout_spec_{kind}_tokens{{source="
+    prefix = f"tokenspout_spec_{kind}_tokens_total{{source="
     return sum(
         v for k, v in samples.items() if k.startswith(prefix) and source in (None, k[len(prefix) : -1])
     )

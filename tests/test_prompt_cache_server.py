@@ -116,7 +116,7 @@ def test_two_interleaved_conversations_keep_their_slots(warm_url: str) -> None:
         assert next_a.cached >= first_a.prompt_tokens and next_b.cached >= first_b.prompt_tokens
         first_a, first_b = next_a, next_b
     m = metrics(warm_url)
-    assert m["tokenspout_prompt_tokens_cached"] > 0 and m["tokenspout_prompt_tokens_computed"] > 0
+    assert m["tokenspout_prompt_tokens_cached_total"] > 0 and m["tokenspout_prompt_tokens_computed_total"] > 0
 
 
 @pytest.mark.usefixtures("bit_identity")

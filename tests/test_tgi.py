@@ -159,3 +159,27 @@ def test_metrics_use_tgi_names_and_move_with_traffic(base_url: str) -> None:
         "tokenspout_decode_tokens_per_second_count",
     ):
         assert name in after
+
+
+def test_metrics_declare_the_types_of_the_samples_under_them(base_url: str) -> None:
+    """Every sample stands under a TYPE line of its own name (a histogram's, for its _bucket, _sum and
+    _count): a scraper that reads the types (Prometheus' metadata, OpenMetrics parsers) sees our
+    counters as counters, and no sample goes without its type."""
+    hub(base_url).text_generation("Hi", max_new_tokens=2)
+    lines = httpx.get(f"{base_url}/metrics", timeout=30).text.splitlines()
+    declared = dict(line.split()[2:4] for line in lines if line.startswith("# TYPE "))
+
+    def type_of(name: str) -> str | None:
+        for suffix in ("_bucket", "_sum", "_count"):
+            if declared.get(name.removesuffix(suffix)) == "histogram":
+                return "histogram"
+        return declared.get(name)
+
+    for line in lines:
+        if line and not line.startswith("#"):
+            name = line.partition("{")[0].partition(" ")[0]
+            assert type_of(name) is not None, f"{name} has no TYPE line of its name"
+    assert declared["tokenspout_decode_steps_total"] == "counter"
+    assert declared["tokenspout_spec_draft_tokens_total"] == "counter"
+    assert declared["tgi_request_count"] == "untyped"  # TGI's name, which no counter family can write
+    assert metrics(base_url)["tokenspout_decode_steps_total"] > 0
