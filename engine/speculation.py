@@ -130,7 +130,15 @@ class PromptLookup:
         start, agreed = self._match(limit // 2)
         if start < 0:
             return []
-        return self.tokens[start : start + min(limit, max(_UNSURE_DRAFT, 2 * agreed))]
+        length = min(limit, max(_UNSURE_DRAFT, 2 * agreed))
+        draft = self.tokens[start : start + length]
+        if len(draft) < length:
+            # The continuation runs into the history's end: the history ends in a repetition of period
+            # len(draft) (a loop, a table's rows), and what follows its end is that period again, as an
+            # overlapping copy continues. Cut at the end, such a draft never exceeded one period: a
+            # 135M model in a 14-token loop was verified 13 tokens a step, where 64 were right.
+            draft = (draft * -(-length // len(draft)))[:length]
+        return draft
 
     def _match(self, longest: int) -> tuple[int, int]:
         """Where the continuation of the history's end starts (-1 when nothing matches), and how many

@@ -15,7 +15,8 @@ def test_lookup_drafts_what_followed_the_latest_earlier_occurrence_of_the_suffix
     lookup = PromptLookup(history, 2, 3)
     # suffix (2, 3): latest earlier occurrence ends at index 8 -> continuation 7, 2, 3
     assert lookup.draft(2) == [7, 2]
-    assert lookup.draft(10) == [7, 2, 3]  # never past the history's end
+    # past the history's end, its repetition (7, 2, 3) goes on; 4 tokens, twice the agreement's 2
+    assert lookup.draft(10) == [7, 2, 3, 7]
     lookup.append(4)  # suffix (2, 3, 4) now matches the prompt's first occurrence, the longest size first
     assert lookup.draft(3) == [5, 9, 2]
 
@@ -36,7 +37,16 @@ def test_lookup_never_matches_the_suffix_with_itself_and_finds_nothing_new() -> 
     assert lookup.draft(4) == []
     lookup.append(6)
     lookup.append(7)
-    assert lookup.draft(4) == [8, 6, 7]  # (6, 7) now occurred before, followed by 8
+    assert lookup.draft(4) == [8, 6, 7, 8]  # (6, 7) now occurred before, followed by 8
+
+
+def test_a_history_ending_in_a_loop_is_drafted_round_the_loop_to_the_full_length() -> None:
+    loop = [11, 12, 13, 14, 15]
+    lookup = PromptLookup([1, 2, *loop * 4], 4, 8)
+    # the match is one period back, so only 5 tokens follow it in the history: the draft goes on
+    # round the loop, as long as the agreement allows (the 15 tokens before the match agree)
+    assert lookup.draft(64) == (loop * 7)[:30]
+    assert lookup.draft(7) == (loop * 2)[:7]
 
 
 def test_lookup_prefers_the_longest_suffix_and_falls_back_to_shorter_ones() -> None:
