@@ -486,10 +486,12 @@ class Scheduler:
             if allowed and (draft := self.pool.draft(history, allowed)):
                 seq.source = POOL
                 return draft
-        allowed = min(seq.throttle.allowance(n_decoding), limit) if seq.throttle is not None else 0
-        if allowed and (draft := seq.lookup.draft(allowed)):
-            seq.source = LOOKUP
-            return draft
+        if (throttle := seq.throttle) is not None:
+            sure = throttle.gated(n_decoding)  # before allowance, which counts a pause down
+            allowed = min(throttle.length if sure else throttle.allowance(n_decoding), limit)
+            if allowed and (draft := seq.lookup.draft(allowed, sure=sure)):
+                seq.source = LOOKUP
+                return draft
         return _NO_DRAFT
 
     def _run_drafter(self, jobs: list[tuple[Sequence, DraftJob]], n_decoding: int) -> None:

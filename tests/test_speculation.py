@@ -194,6 +194,23 @@ def test_beside_other_sequences_a_draft_must_yield_more_than_alone() -> None:
         throttle.record(8, 5)  # 5 of 8 right, again and again
     assert 0.6 < throttle.yield_ < 0.7
     assert throttle.allowance(1) == 8
+    assert throttle.gated(4) and not throttle.gated(1)
     assert throttle.allowance(4) == 0
     assert not throttle.paused  # not a failure: it drafts again as soon as it decodes alone
     assert throttle.allowance(1) == 8
+
+
+def test_a_gated_sequence_still_drafts_a_copy_under_way_and_a_pause_is_no_gate() -> None:
+    """Beside others with a yield that does not pay (a new sequence's prior, 0.8, is under a batch of
+    4's ~0.86), only a match agreeing on 16 tokens or more drafts: a copy under way pays there."""
+    throttle = Throttle(SpecConfig())
+    assert throttle.gated(4)
+    quoted = list(range(100, 160))
+    copying = PromptLookup([*quoted, 1, *quoted[:20]], 4, 8)  # 20 tokens agree before the match
+    assert copying.draft(8, sure=True) == quoted[20:28]
+    starting = PromptLookup([*quoted, 1, *quoted[:6]], 4, 8)  # 6 agree: drafts only where not gated
+    assert starting.draft(8, sure=True) == []
+    assert starting.draft(8) == quoted[6:14]
+    for _ in range(2):
+        throttle.record(4, 0)
+    assert throttle.paused and not throttle.gated(4)
