@@ -86,7 +86,7 @@ SOURCE_NAMES = ("none", "grammar", "pool", "lookup", "draft_model")
 _FIRST_PAUSE = 4
 _UNSURE_DRAFT = 4  # the longest draft after a match that agrees on 2 tokens or fewer
 # A match agreeing on this many tokens is a copy under way: traced, such drafts were 94-96% accepted
-SURE_AGREEMENT = 16
+_SURE_AGREEMENT = 16
 
 
 class PromptLookup:
@@ -130,9 +130,9 @@ class PromptLookup:
         (A/B, both models): 8-17% fewer draft tokens for as many accepted, where the length the
         throttle allows alone had drafted 64 tokens on a 4-token match after a rename.
 
-        ``sure``: only a match agreeing on ``SURE_AGREEMENT`` tokens or more drafts (a copy under way)."""
-        start, agreed = self._match(max(limit // 2, SURE_AGREEMENT) if sure else limit // 2)
-        if start < 0 or (sure and agreed < SURE_AGREEMENT):
+        ``sure``: only a match agreeing on ``_SURE_AGREEMENT`` tokens or more drafts (a copy under way)."""
+        start, agreed = self._match(max(limit // 2, _SURE_AGREEMENT) if sure else limit // 2)
+        if start < 0 or (sure and agreed < _SURE_AGREEMENT):
             return []
         length = min(limit, max(_UNSURE_DRAFT, 2 * agreed))
         draft = self.tokens[start : start + length]
