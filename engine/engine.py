@@ -150,6 +150,8 @@ class Engine:
         self.spec = config.spec
         if self.spec.enabled and self.model.recurrent:
             self.spec = OFF
+        if config.n_gpu_layers:  # a GPU computes rows nearly free, not in blocks (SpecConfig.row_block)
+            self.spec = msgspec.structs.replace(self.spec, row_block=1)
         self.drafter = None if draft_model is None else self._drafter(draft_model)
         self._scheduler = Scheduler(
             self.context,
@@ -277,9 +279,10 @@ class Engine:
                 f"{CELL_TYPES[c.shape.cell_type][0]} cells, {kv:.1f} MiB KV; greedy guesses of probability "
                 f">= {spec.draft_p_min})"
             )
+        blocks = f", draft rows cut to whole blocks of {spec.row_block}" if spec.row_block > 1 else ""
         return (
             f"speculative decoding: on; drafts from {', then '.join(sources)}; up to {spec.draft_max} "
-            f"tokens a step per sequence, verified in the batch (lossless; adaptive per sequence)"
+            f"tokens a step per sequence, verified in the batch (lossless; adaptive per sequence{blocks})"
         )
 
     @property

@@ -43,6 +43,7 @@ from engine.speculation import (
     SpecConfig,
     Throttle,
     share_rows,
+    whole_blocks,
 )
 from engine.text import TextStream
 from engine.thinking import ANSWER, MARKER, Thought
@@ -415,8 +416,8 @@ class Scheduler:
 
         What the grammar forces comes first (it is certain), then the pool of earlier answers, then
         prompt lookup, then the draft model, each as long as the sequence's throttle for it allows.
-        The step's rows are shared out before the draft model runs, so that it never guesses tokens
-        that would not fit.
+        The step's rows are shared out (alone, cut to whole blocks of ``row_block``) before the draft
+        model runs, so that it never guesses tokens that would not be verified.
         """
         decoding = [seq for seq in self.running if seq.prefilled]
         wanted = [len(self._cheap_draft(seq, len(decoding))) or seq.wanted for seq in decoding]
@@ -428,7 +429,11 @@ class Scheduler:
             alone=len(self.running) == 1,
         )
         jobs: list[tuple[Sequence, DraftJob]] = []
-        for seq, take in zip(decoding, share_rows(wanted, room), strict=True):
+        granted = share_rows(wanted, room)
+        if len(decoding) == 1:  # alone a row past a block costs about the step it may save; beside
+            # others only a token of theirs (A/B at 4 streams: cutting there gained nothing)
+            granted = whole_blocks(granted, 1, self.spec.row_block)
+        for seq, take in zip(decoding, granted, strict=True):
             if seq.source == MODEL:
                 if take:
                     assert self.drafter is not None

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from engine.batching import draft_room
-from engine.speculation import NgramPool, PromptLookup, SpecConfig, Throttle, row_value, share_rows
+from engine.speculation import (
+    NgramPool,
+    PromptLookup,
+    SpecConfig,
+    Throttle,
+    row_value,
+    share_rows,
+    whole_blocks,
+)
 
 
 def test_lookup_drafts_what_followed_the_latest_earlier_occurrence_of_the_suffix() -> None:
@@ -106,8 +114,20 @@ def test_the_pool_s_drafts_start_longer() -> None:
     assert throttle.allowance() == 64
 
 
+def free_rows(draft_start: int, draft_max: int = 64, patience: int = 2, pause_max: int = 256) -> SpecConfig:
+    """Rows for free and no blocks: the throttle's lengths and pauses alone, no yield gate."""
+    return SpecConfig(
+        draft_start=draft_start,
+        draft_max=draft_max,
+        patience=patience,
+        pause_max=pause_max,
+        row_cost=0.0,
+        row_block=1,
+    )
+
+
 def test_the_throttle_doubles_on_full_acceptance_and_halves_on_poor_acceptance() -> None:
-    config = SpecConfig(draft_start=4, draft_max=16)
+    config = free_rows(draft_start=4, draft_max=16)
     throttle = Throttle(config)
     assert throttle.allowance() == 4
     throttle.record(4, 4)
@@ -122,7 +142,7 @@ def test_the_throttle_doubles_on_full_acceptance_and_halves_on_poor_acceptance()
 
 
 def test_drafts_that_keep_failing_pause_drafting_longer_each_time() -> None:
-    config = SpecConfig(draft_start=2, patience=2, pause_max=16)
+    config = free_rows(draft_start=2, patience=2, pause_max=16)
     throttle = Throttle(config)
     pauses = []
     for _ in range(5):
@@ -137,7 +157,7 @@ def test_drafts_that_keep_failing_pause_drafting_longer_each_time() -> None:
 
 
 def test_an_accepted_draft_resets_the_pauses() -> None:
-    throttle = Throttle(SpecConfig(draft_start=2, patience=1))
+    throttle = Throttle(free_rows(draft_start=2, patience=1))
     throttle.record(2, 0)
     while throttle.allowance() == 0:
         pass
@@ -214,3 +234,34 @@ def test_a_gated_sequence_still_drafts_a_copy_under_way_and_a_pause_is_no_gate()
     for _ in range(2):
         throttle.record(4, 0)
     assert throttle.paused and not throttle.gated(4)
+
+
+def test_a_failing_draft_never_halves_below_a_block_of_rows() -> None:
+    """A draft shorter than a block would be cut away whole when its sequence decodes alone."""
+    throttle = Throttle(SpecConfig(draft_start=16, row_block=4, row_cost=0.0))
+    for _ in range(4):
+        throttle.record(throttle.allowance(), 1)  # under half accepted: halves, 16 -> 8 -> 4 -> 4
+    assert throttle.length == 4
+    assert Throttle(SpecConfig(draft_start=2, draft_max=2, row_block=4)).length == 2  # draft_max rules
+
+
+def test_whole_blocks_cuts_a_step_to_whole_blocks_of_rows_from_the_longest_draft() -> None:
+    assert whole_blocks([64], 1, 4) == [63]  # its token and 63 draft rows: 16 blocks of 4
+    assert whole_blocks([63], 1, 4) == [63]
+    assert whole_blocks([2], 1, 4) == [0]  # too short to complete a block: cut whole
+    assert whole_blocks([5, 17, 0], 3, 4) == [5, 16, 0]  # 25 rows -> 24, cut from the longest
+    assert whole_blocks([3, 3], 4, 4) == [2, 2]  # 10 rows -> 8: one row at a time from the longest
+    assert whole_blocks([1, 1], 1, 4) == [0, 0]
+    assert whole_blocks([64], 1, 1) == [64]  # no blocks (a GPU)
+    assert whole_blocks([], 3, 4) == []
+
+
+def test_alone_a_draft_must_yield_what_its_rows_cost() -> None:
+    """Alone a draft row costs ``row_cost`` of a one-row step: drafts right under that often stop,
+    but for sure copies, as beside other sequences."""
+    throttle = Throttle(SpecConfig(draft_start=8, draft_max=8, row_cost=0.6))
+    for _ in range(20):
+        throttle.record(8, 4)  # half right: not a failure, so no pause
+    assert throttle.yield_ < 0.6
+    assert not throttle.paused and throttle.gated(1)
+    assert throttle.allowance(1) == 0
