@@ -49,8 +49,8 @@ class SpecConfig(msgspec.Struct, frozen=True):
     # The CPU computes a step's rows in blocks of 4 (llama.cpp's quantized matmul kernels). Measured on
     # this CPU after a 300-token prompt: a step of 4k rows costs about what one of 4k - 1 does, and each
     # row past a block costs 0.6-0.7 of a whole one-row step (SmolLM2 Q4_1) or about one (Qwen2.5 0.5B
-    # Q4_K_M: 16 rows 86 ms, 17 rows 103 ms, 1 row 15 ms). So a step's draft rows are cut to whole
-    # blocks. 1 where a GPU computes (the engine sets it): rows are nearly free there.
+    # Q4_K_M: 16 rows 86 ms, 17 rows 103 ms, 1 row 15 ms). So the draft of a sequence decoding alone
+    # is cut to fill whole blocks. 1 where a GPU computes (the engine sets it): rows are nearly free.
     row_block: int = 4
     pause_max: int = 256  # longest pause, in steps (pauses double from 4 while drafts keep failing)
     # A draft model's guess goes into a draft only while the draft model gives it at least this
