@@ -21,6 +21,7 @@ from engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from engine.engine import DETERMINISTIC_WEIGHTS
 from engine.handle import RequestHandle
 from engine.llama import Model, init_backend
+from engine.scheduler import Scheduler, Sequence
 from engine.speculation import OFF, SpecConfig
 from engine.types import Completion, TokenEvent
 from tests.model_variants import requantized
@@ -152,3 +153,28 @@ async def first_tokens(handle: RequestHandle, n: int) -> list[int]:
         if len(seen) == n:
             break
     return seen
+
+
+def test_alone_every_verification_step_fills_whole_blocks_of_rows(
+    exact_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request alone drafts so that its token and its draft fill whole blocks of 4 rows (on a CPU a
+    row past a block costs about a one-row step); with blocks of 1 the same request verifies steps of
+    5, 9, 17... rows, so the cut is what keeps the steps whole."""
+    rows: list[int] = []
+    verify = Scheduler._verify
+
+    def spy(self: Scheduler, seq: Sequence) -> None:
+        rows.append(1 + len(seq.draft))
+        verify(self, seq)
+
+    monkeypatch.setattr(Scheduler, "_verify", spy)
+
+    async def scenario(engine: Engine) -> None:
+        await engine.submit(greedy(engine, EDIT, 120)).collect()
+
+    run(exact_model, SpecConfig(), scenario)
+    assert len(rows) > 5 and all(n % 4 == 0 for n in rows), rows
+    rows.clear()
+    run(exact_model, SpecConfig(row_block=1), scenario)
+    assert any(n % 4 for n in rows), rows
