@@ -174,7 +174,7 @@ def test_alone_every_verification_step_fills_whole_blocks_of_rows(
         await engine.submit(greedy(engine, EDIT, 120)).collect()
 
     run(exact_model, SpecConfig(), scenario)
-    assert len(rows) > 5 and all(n % 4 == 0 for n in rows), rows
+    assert len(rows) >= 3 and all(n % 4 == 0 for n in rows), rows
     rows.clear()
     run(exact_model, SpecConfig(row_block=1), scenario)
     assert any(n % 4 for n in rows), rows
