@@ -432,7 +432,7 @@ class Scheduler:
         granted = share_rows(wanted, room)
         if len(decoding) == 1:  # alone a row past a block costs about the step it may save; beside
             # others only a token of theirs (A/B at 4 streams: cutting there gained nothing)
-            granted = whole_blocks(granted, 1, self.spec.row_block)
+            granted[0] = whole_blocks(granted[0], self.spec.row_block)
         for seq, take in zip(decoding, granted, strict=True):
             if seq.source == MODEL:
                 if take:

@@ -313,16 +313,12 @@ def row_value(row_cost: float, n_decoding: int) -> float:
     return row_cost * n_decoding / (1.0 + row_cost * (n_decoding - 1))
 
 
-def whole_blocks(granted: list[int], n_rows: int, block: int) -> list[int]:
-    """Cut the draft lengths ``granted`` so that a step of ``n_rows`` other rows and these drafts fills
-    whole blocks of ``block`` rows (see ``SpecConfig.row_block``), the longest drafts cut first: their
-    tails are their least likely tokens. A row past a block costs about a whole one-row step on CPU,
-    more than the one token it may gain. Drafts too short to complete a block are cut whole."""
-    total = sum(granted)
-    excess = min((n_rows + total) % block, total)
-    for _ in range(excess):  # at most block - 1 rows
-        granted[max(range(len(granted)), key=granted.__getitem__)] -= 1
-    return granted
+def whole_blocks(length: int, block: int) -> int:
+    """The draft length, at most ``length``, at which a sequence decoding alone fills whole blocks of
+    ``block`` rows with its token and its draft (see ``SpecConfig.row_block``): the draft's tail is
+    its least likely part, and a row past a block costs about a whole one-row step on a CPU, more than
+    the one token it may gain. A draft too short to complete a block is cut whole."""
+    return max(length - (1 + length) % block, 0)
 
 
 def share_rows(wanted: Sequence[int], room: int) -> list[int]:

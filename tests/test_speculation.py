@@ -245,15 +245,14 @@ def test_a_failing_draft_never_halves_below_a_block_of_rows() -> None:
     assert Throttle(SpecConfig(draft_start=2, draft_max=2, row_block=4)).length == 2  # draft_max rules
 
 
-def test_whole_blocks_cuts_a_step_to_whole_blocks_of_rows_from_the_longest_draft() -> None:
-    assert whole_blocks([64], 1, 4) == [63]  # its token and 63 draft rows: 16 blocks of 4
-    assert whole_blocks([63], 1, 4) == [63]
-    assert whole_blocks([2], 1, 4) == [0]  # too short to complete a block: cut whole
-    assert whole_blocks([5, 17, 0], 3, 4) == [5, 16, 0]  # 25 rows -> 24, cut from the longest
-    assert whole_blocks([3, 3], 4, 4) == [2, 2]  # 10 rows -> 8: one row at a time from the longest
-    assert whole_blocks([1, 1], 1, 4) == [0, 0]
-    assert whole_blocks([64], 1, 1) == [64]  # no blocks (a GPU)
-    assert whole_blocks([], 3, 4) == []
+def test_whole_blocks_cuts_a_lone_draft_so_that_its_step_fills_whole_blocks_of_rows() -> None:
+    assert whole_blocks(64, 4) == 63  # its token and 63 draft rows: 16 blocks of 4
+    assert whole_blocks(63, 4) == 63
+    assert whole_blocks(17, 4) == 15
+    assert whole_blocks(2, 4) == 0  # too short to complete a block: cut whole
+    assert whole_blocks(1, 4) == 0
+    assert whole_blocks(0, 4) == 0
+    assert whole_blocks(64, 1) == 64  # no blocks (a GPU)
 
 
 def test_alone_a_draft_must_yield_what_its_rows_cost() -> None:
