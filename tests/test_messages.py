@@ -30,6 +30,7 @@ WEATHER: Any = {
 }
 ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 HI: Any = [{"role": "user", "content": "Say hello."}]
+GREEDY = {"temperature": 0}  # this Anthropic SDK takes no temperature argument
 
 
 def client(url: str, **kw: Any) -> anthropic.Anthropic:
@@ -96,10 +97,15 @@ def test_sdk_stream_and_stop_sequences(base_url: str) -> None:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert final.content[0].type == "text" and final.content[0].text == text and text
-    stopped = c.messages.create(model="claude", max_tokens=60, messages=HI, stop_sequences=[" "])
+    # greedy: a sampled answer may end its turn before any space (a one-word reply), as CI once saw
+    stopped = c.messages.create(
+        model="claude", max_tokens=60, messages=HI, stop_sequences=[" "], extra_body=GREEDY
+    )
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == " "
     assert " " not in stopped.content[0].text  # type: ignore[union-attr]
-    with c.messages.stream(model="claude", max_tokens=60, messages=HI, stop_sequences=[" "]) as s:
+    with c.messages.stream(
+        model="claude", max_tokens=60, messages=HI, stop_sequences=[" "], extra_body=GREEDY
+    ) as s:
         streamed = s.get_final_message()
     assert streamed.stop_reason == "stop_sequence" and streamed.stop_sequence == " "
     short = c.messages.create(model="claude", max_tokens=2, messages=HI)
